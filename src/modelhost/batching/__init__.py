@@ -1,0 +1,1 @@
+"""Dynamic batching of single-image requests into model batches."""

@@ -1,0 +1,149 @@
+"""A dynamic batcher per model: bounded queue, max batch size, optional max delay, deadlines.
+
+A batch is formed the moment a worker has room for one: everything queued by then (up to
+``max_batch_size``) goes together. So an idle server adds no delay, and a busy one batches
+exactly as much as the load gives it. ``max_delay_ms`` can make it wait a little longer for a
+fuller batch; on the CPUs measured here batching does not pay (DESIGN.md), so it defaults to 0.
+Expired and abandoned requests are dropped before a batch is formed, never sent to the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ModelhostError, Timeout, Unavailable
+from ..workers.pool import ModelPool
+
+
+@dataclass
+class BatchOutput:
+    """One request's row of a batch result."""
+
+    row: np.ndarray
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    tensor: np.ndarray
+    deadline: float
+    enqueued: float
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    """Queues single samples and sends them to ``pool`` in batches."""
+
+    def __init__(self, pool: ModelPool, *, max_batch_size: int, max_delay_ms: float,
+                 max_queue: int) -> None:
+        self._pool = pool
+        self._max_batch = max_batch_size
+        self._max_delay = max_delay_ms / 1000.0
+        self._max_queue = max_queue
+        self._items: collections.deque[_Item] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._dispatch_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def submit(self, tensor: np.ndarray, deadline: float) -> BatchOutput:
+        """Queue one sample and wait for its output; 503 when the queue is full."""
+        if len(self._items) >= self._max_queue:
+            raise Unavailable("the server is at capacity; try again shortly", "overloaded",
+                              retry_after=1.0)
+        loop = asyncio.get_running_loop()
+        item = _Item(tensor, deadline, loop.time(), loop.create_future())
+        self._items.append(item)
+        self._wake.set()
+        try:
+            return await item.future
+        finally:
+            if not item.future.done():
+                item.future.cancel()  # abandoned (deadline, disconnect): skip it
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            if not self._items:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                worker = await self._pool.acquire()
+            except ModelhostError as exc:
+                self._fail_all(exc)
+                continue
+            if self._max_delay and len(self._items) < self._max_batch:
+                await self._wait_for_more()
+            items = self._take()
+            if items:
+                self._send(worker, items)
+
+    async def _wait_for_more(self) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._max_delay
+        while len(self._items) < self._max_batch and (left := until - loop.time()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+
+    def _take(self) -> list[_Item]:
+        """Pop up to a batch of live items; fail the expired ones now."""
+        now = asyncio.get_running_loop().time()
+        items: list[_Item] = []
+        while self._items and len(items) < self._max_batch:
+            item = self._items.popleft()
+            if item.future.done():
+                continue
+            if item.deadline <= now:
+                item.future.set_exception(Timeout("the request ran out of time while queued"))
+                continue
+            items.append(item)
+        return items
+
+    def _send(self, worker, items: list[_Item]) -> None:
+        batch = np.stack([item.tensor for item in items])
+        sent = asyncio.get_running_loop().time()
+        future = self._pool.submit(worker, batch, max(item.deadline for item in items))
+        future.add_done_callback(lambda done: self._deliver(items, sent, done))
+
+    @staticmethod
+    def _deliver(items: list[_Item], sent: float, done: asyncio.Future) -> None:
+        error = (
+            Unavailable("the server is shutting down", "draining")
+            if done.cancelled() else done.exception()
+        )
+        output, inference_ms = (None, 0.0) if error else done.result()
+        for index, item in enumerate(items):
+            if item.future.done():
+                continue
+            if error is not None:
+                item.future.set_exception(error)
+            else:
+                queue_ms = (sent - item.enqueued) * 1000
+                item.future.set_result(
+                    BatchOutput(output[index], queue_ms, inference_ms, len(items))
+                )
+
+    def _fail_all(self, error: ModelhostError) -> None:
+        while self._items:
+            item = self._items.popleft()
+            if not item.future.done():
+                item.future.set_exception(error)
+

@@ -1,0 +1,29 @@
+"""The ``modelhost`` command: serve, predict, inspect, bench. Each command parses its flags
+and calls library code; nothing else here."""
+
+from __future__ import annotations
+
+import typer
+
+from .bench import bench
+from .local import inspect, predict
+from .serve import serve
+
+app = typer.Typer(
+    help="Serve a trained image model as a fast, safe, observable web API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(serve)
+app.command()(predict)
+app.command()(inspect)
+app.command()(bench)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

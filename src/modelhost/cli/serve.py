@@ -1,0 +1,57 @@
+"""``modelhost serve``: flags → Settings → assembly.serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from .. import logs
+from ..repository import RepositoryError
+from ..settings import Settings
+
+Opt = typer.Option
+
+
+def serve(
+    models: Annotated[Path | None, typer.Argument(
+        help="Model file or repository folder. Without it, the demo models are served.")] = None,
+    host: Annotated[str | None, Opt(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, Opt(help="Port [default: 8000; 0 picks a free one].")] = None,
+    keep_going: Annotated[bool, Opt("--keep-going",
+        help="Serve the models that load; report the others on /readyz.")] = False,
+    allow_path_root: Annotated[Path | None, Opt(
+        help="Let clients name image files under this folder with `path`.")] = None,
+    allow_urls: Annotated[bool, Opt("--allow-urls", help="Let clients give image URLs.")] = False,
+    allow_private_urls: Annotated[bool, Opt("--allow-private-urls",
+        help="Also fetch from private and loopback addresses (testing only).")] = False,
+    timeout: Annotated[float | None, Opt(help="Request deadline in seconds [30].")] = None,
+    max_body: Annotated[int | None, Opt(help="Largest request body in bytes [20 MiB].")] = None,
+    max_pixels: Annotated[int | None, Opt(help="Largest image in pixels [25,000,000].")] = None,
+    max_queue: Annotated[int | None, Opt(help="Queued requests per model before 503.")] = None,
+    replicas: Annotated[int | None, Opt(help="Worker processes per model.")] = None,
+    threads: Annotated[int | None, Opt(help="ONNX Runtime threads per worker.")] = None,
+    max_batch_size: Annotated[int | None, Opt(help="Largest batch.")] = None,
+    max_delay_ms: Annotated[float | None, Opt(help="Wait this long for a fuller batch.")] = None,
+    decode_threads: Annotated[int | None, Opt(help="Image decoding threads [2].")] = None,
+    drain_grace: Annotated[float | None, Opt(help="Seconds to finish requests on SIGTERM.")] = None,
+    cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
+    log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Serve MODELS (or the demo models) over HTTP."""
+    flags = {k: v for k, v in locals().items() if v is not None and v is not False}
+    try:
+        settings = Settings(**flags)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    logs.configure(settings.log_level)
+    from ..assembly import serve as run
+
+    try:
+        code = run(settings)
+    except RepositoryError as exc:
+        typer.echo(f"modelhost: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)

@@ -1,0 +1,1 @@
+"""Everything that knows HTTP: routes, error mapping, middleware, pages, the uvicorn server."""

@@ -1,0 +1,47 @@
+"""The FastAPI application: route table, middleware and lifespan. Built by assembly.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..metrics import Metrics
+from ..service import PredictionService
+from ..settings import Settings
+from . import errors, pages, routes_models, routes_ops, routes_predict
+from .middleware import BodyLimit, RequestContext
+from .responses import JSON
+
+
+def create_app(service: PredictionService, metrics: Metrics, settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        loading = asyncio.create_task(service.start())  # serve /healthz while models load
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await service.stop()
+
+    app = FastAPI(
+        title="modelhost",
+        version=__version__,
+        description="Image classification API: top-k labels with scores.",
+        default_response_class=JSON,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(routes_predict.router(service, metrics, settings))
+    app.include_router(routes_models.router(service))
+    app.include_router(routes_ops.router(service, metrics))
+    app.include_router(pages.router())
+    app.mount("/static", pages.static_files(), name="static")
+    app.add_middleware(BodyLimit, max_body=settings.max_body)
+    app.add_middleware(RequestContext)
+    return app

@@ -1,0 +1,54 @@
+"""Model listing and metadata under /api/models."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ..service import PredictionService, ServedModel
+
+
+def describe(model: ServedModel, labels: bool = False) -> dict:
+    """The public description of a model (no server paths)."""
+    prep, info = model.prep, model.info
+    body: dict = {
+        "name": model.spec.name,
+        "version": model.spec.version,
+        "versions": list(model.spec.versions),
+        "state": model.state,
+        "error": model.error,
+        "format": model.spec.format,
+        "labels": len(model.spec.labels),
+        "top_k": model.spec.config.top_k,
+        "default_crop": prep.default_crop if prep else model.spec.config.default_crop,
+        "input": (
+            {"width": prep.size[0], "height": prep.size[1], "channels": prep.channels,
+             "layout": prep.layout, "scaling": prep.scaling, "resize": prep.resize}
+            if prep else None
+        ),
+        "workers_ready": model.pool.ready_workers,
+    }
+    if labels:
+        body["label_names"] = list(model.spec.labels)
+        if info is not None:
+            body["inputs"] = [_tensor(t) for t in info.inputs]
+            body["outputs"] = [_tensor(t) for t in info.outputs]
+            body["parameters"] = info.parameters
+    return body
+
+
+def _tensor(t) -> dict:
+    return {"name": t.name, "datatype": t.dtype, "shape": list(t.shape)}
+
+
+def router(service: PredictionService) -> APIRouter:
+    api = APIRouter(prefix="/api", tags=["models"])
+
+    @api.get("/models", summary="List the served models")
+    async def list_models() -> dict:
+        return {"models": [describe(m) for m in service.models.values()]}
+
+    @api.get("/models/{model}", summary="One model's metadata, labels and preprocessing")
+    async def get_model(model: str) -> dict:
+        return describe(service.model(model), labels=True)
+
+    return api

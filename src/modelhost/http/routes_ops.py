@@ -1,0 +1,31 @@
+"""Health, readiness and metrics for probes and Prometheus."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..metrics import Metrics
+from ..service import PredictionService
+from .responses import JSON
+
+
+def router(service: PredictionService, metrics: Metrics) -> APIRouter:
+    api = APIRouter(tags=["ops"])
+
+    @api.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @api.get("/readyz", summary="Readiness: every model loaded and warm, not draining")
+    async def readyz() -> JSON:
+        ready, details = service.readiness()
+        headers = {} if ready else {"Retry-After": "1"}
+        return JSON(details, status_code=200 if ready else 503, headers=headers)
+
+    @api.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return api

@@ -1,0 +1,1 @@
+"""Getting an image in: where its bytes come from (sources) and how they become a tensor."""

@@ -1,0 +1,78 @@
+"""Prometheus metrics in one object that owns its registry (no global default registry), so
+that tests and several apps in one process never collide."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """Every series modelhost exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "modelhost_requests", "Requests by model, route and status.",
+            ["model", "route", "status"], registry=r,
+        )
+        self.decode = Histogram(
+            "modelhost_decode_seconds", "Image decode and preprocess time.", ["model"],
+            buckets=_SECONDS, registry=r,
+        )
+        self.queue = Histogram(
+            "modelhost_queue_seconds", "Time waiting for a batch slot.", ["model"],
+            buckets=_SECONDS, registry=r,
+        )
+        self.inference = Histogram(
+            "modelhost_inference_seconds", "Model run time per batch, as the worker saw it.",
+            ["model"], buckets=_SECONDS, registry=r,
+        )
+        self.total = Histogram(
+            "modelhost_request_seconds", "Whole prediction time inside the server.", ["model"],
+            buckets=_SECONDS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "modelhost_batch_size", "Requests per model batch.", ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
+
+    def watch(self, state: Callable[[], Iterable[dict]]) -> None:
+        """Export per-model gauges (queue depth, live workers, restarts, load time) that
+        ``state`` reports when Prometheus scrapes."""
+        self.registry.register(_StateCollector(state))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector:
+    """Reads per-model state when Prometheus scrapes."""
+
+    def __init__(self, state: Callable[[], Iterable[dict]]) -> None:
+        self._state = state
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        depth = GaugeMetricFamily("modelhost_queue_depth", "Requests queued.", labels=["model"])
+        ready = GaugeMetricFamily("modelhost_workers_ready", "Live workers.", labels=["model"])
+        load = GaugeMetricFamily(
+            "modelhost_model_load_seconds", "Time to load and warm up.", labels=["model"]
+        )
+        restarts = CounterMetricFamily(
+            "modelhost_worker_restarts", "Worker processes restarted.", labels=["model"]
+        )
+        for row in self._state():
+            name = row["model"]
+            depth.add_metric([name], row["queue_depth"])
+            ready.add_metric([name], row["workers_ready"])
+            load.add_metric([name], row["load_seconds"])
+            restarts.add_metric([name], row["restarts"])
+        yield from (depth, ready, load, restarts)

@@ -1,0 +1,225 @@
+"""Turn a model file or a repository folder into :class:`ModelSpec` records.
+
+Layouts understood::
+
+    model.onnx (+ labels.txt, modelhost.toml beside it)       one model, named after the file
+    cats_dogs/ model.onnx labels.txt [modelhost.toml]         one model folder
+    cats_dogs/ 1/model.onnx 2/model.onnx labels.txt           numbered versions; highest serves
+    models/ cats_dogs/ ... theme/ ...                         a repository of model folders
+
+Nothing here loads a runtime: it only finds files and reads text, so errors are fast and name the
+file and the reason.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from .types import ModelConfig, ModelSpec
+
+MODEL_SUFFIXES = {
+    ".onnx": "onnx",
+    ".keras": "keras",
+    ".h5": "keras",
+    ".pb": "tf_frozen",
+    ".pt": "torchscript",
+    ".pt2": "torch_export",
+}
+CONFIG_NAME = "modelhost.toml"
+LABELS_NAME = "labels.txt"
+
+
+class RepositoryError(Exception):
+    """A model that cannot be described: the message names the file and the reason."""
+
+
+def load_repository(root: Path) -> list[ModelSpec]:
+    """Every model under ``root`` (a file, a model folder or a folder of model folders)."""
+    root = root.expanduser()
+    if not root.exists():
+        raise RepositoryError(f"{root}: no such file or folder")
+    if root.is_file():
+        return [_single_file(root)]
+    if _model_file(root) or _version_dirs(root):
+        return [_model_folder(root)]
+    specs = [_model_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and _is_model(d)]
+    if not specs:
+        raise RepositoryError(f"{root}: no model files found (looked for {_known()})")
+    return specs
+
+
+def _known() -> str:
+    return ", ".join(sorted(MODEL_SUFFIXES)) + ", saved_model/, model.py"
+
+
+def _is_model(folder: Path) -> bool:
+    return not folder.name.startswith(".") and bool(_model_file(folder) or _version_dirs(folder))
+
+
+def _single_file(path: Path) -> ModelSpec:
+    fmt = _format_of(path)
+    if fmt is None:
+        raise RepositoryError(f"{path}: unknown model format (expected one of {_known()})")
+    folder = path.parent
+    return ModelSpec(
+        name=_clean_name(path.stem),
+        version="1",
+        path=path,
+        format=fmt,
+        labels=read_labels(folder / LABELS_NAME),
+        config=read_config(folder / CONFIG_NAME),
+        versions=("1",),
+    )
+
+
+def _model_folder(folder: Path) -> ModelSpec:
+    versions = _version_dirs(folder)
+    if versions:
+        latest = versions[-1]
+        model_dir = folder / latest
+        version_names = tuple(versions)
+    else:
+        latest, model_dir, version_names = "1", folder, ("1",)
+    model_file = _model_file(model_dir)
+    if model_file is None:
+        raise RepositoryError(f"{model_dir}: no model file (looked for {_known()})")
+    labels_file = _first_existing(model_dir / LABELS_NAME, folder / LABELS_NAME)
+    config_file = _first_existing(model_dir / CONFIG_NAME, folder / CONFIG_NAME)
+    return ModelSpec(
+        name=_clean_name(folder.name),
+        version=latest,
+        path=model_file,
+        format=_format_of(model_file) or "unknown",
+        labels=read_labels(labels_file),
+        config=read_config(config_file),
+        versions=version_names,
+    )
+
+
+def _first_existing(*paths: Path) -> Path:
+    return next((p for p in paths if p.exists()), paths[-1])
+
+
+def _version_dirs(folder: Path) -> list[str]:
+    """Numbered subfolders holding a model, sorted numerically."""
+    names = [d.name for d in folder.iterdir() if d.is_dir() and d.name.isdigit()]
+    return sorted((n for n in names if _model_file(folder / n)), key=int)
+
+
+def _model_file(folder: Path) -> Path | None:
+    for name in ("model.onnx", "model.keras", "model.h5", "model.pb", "model.pt", "model.pt2"):
+        if (folder / name).is_file():
+            return folder / name
+    if (folder / "saved_model" / "saved_model.pb").is_file():
+        return folder / "saved_model"
+    if (folder / "saved_model.pb").is_file():
+        return folder
+    if (folder / "model.py").is_file():
+        return folder / "model.py"
+    candidates = sorted(p for p in folder.iterdir() if p.is_file() and _format_of(p))
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _format_of(path: Path) -> str | None:
+    if path.is_dir():
+        return "tf_savedmodel" if (path / "saved_model.pb").exists() else None
+    if path.suffix == ".py":
+        return "python"
+    return MODEL_SUFFIXES.get(path.suffix.lower())
+
+
+def _clean_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return cleaned.strip("._") or "model"
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """One label per line in index order; blank trailing lines ignored; none → empty tuple."""
+    if not path.is_file():
+        return ()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RepositoryError(f"{path}: cannot read labels ({exc.__class__.__name__})") from exc
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return tuple(lines)
+
+
+_SECTIONS: dict[str, dict[str, str]] = {
+    "input": {
+        "size": "size", "layout": "layout", "scaling": "scaling", "mean": "mean", "std": "std",
+        "bgr": "bgr", "resize": "resize", "resample": "resample", "crop": "default_crop",
+    },
+    "output": {"kind": "output_kind", "top_k": "top_k"},
+    "batching": {"max_batch_size": "max_batch_size", "max_delay_ms": "max_delay_ms"},
+    "workers": {"replicas": "replicas", "threads": "threads"},
+}
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "layout": ("NCHW", "NHWC"),
+    "scaling": ("none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"),
+    "resample": ("nearest", "box", "bilinear", "bicubic", "lanczos"),
+    "output_kind": ("auto", "logits", "probabilities"),
+}
+
+
+def read_config(path: Path) -> ModelConfig:
+    """Parse ``modelhost.toml``; every error names the file, the key and the problem."""
+    if not path.is_file():
+        return ModelConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RepositoryError(f"{path}: not valid TOML ({exc})") from exc
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        keys = _SECTIONS.get(section)
+        if keys is None or not isinstance(table, dict):
+            raise RepositoryError(f"{path}: unknown section [{section}] (known: {list(_SECTIONS)})")
+        for key, value in table.items():
+            if key not in keys:
+                raise RepositoryError(f"{path}: [{section}] unknown key {key!r}")
+            values[keys[key]] = _checked(path, f"{section}.{key}", keys[key], value)
+    return ModelConfig(**values)
+
+
+def _checked(path: Path, where: str, field_name: str, value: Any) -> Any:
+    """Validate one value against ModelConfig's field type; return it normalised."""
+    def bad(why: str) -> RepositoryError:
+        return RepositoryError(f"{path}: {where} = {value!r}: {why}")
+
+    if field_name in _CHOICES and value not in _CHOICES[field_name]:
+        raise bad(f"expected one of {list(_CHOICES[field_name])}")
+    if field_name == "size":
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, int) and v > 0 for v in value)):
+            raise bad("expected [width, height] of positive integers")
+        return (value[0], value[1])
+    if field_name in ("mean", "std"):
+        if not (isinstance(value, list) and value
+                and all(isinstance(v, int | float) for v in value)):
+            raise bad("expected a list of numbers, one per channel")
+        if field_name == "std" and any(v == 0 for v in value):
+            raise bad("std must not be zero")
+        return tuple(float(v) for v in value)
+    if field_name == "bgr":
+        if not isinstance(value, bool):
+            raise bad("expected true or false")
+        return value
+    if field_name == "default_crop":
+        if not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise bad("expected a fraction between 0 and 1")
+        return float(value)
+    kinds = {f.name: f.type for f in fields(ModelConfig)}
+    if kinds.get(field_name) in ("int", int):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad("expected a non-negative integer")
+        if field_name in ("max_batch_size", "replicas", "top_k") and value < 1:
+            raise bad("expected at least 1")
+    if field_name == "max_delay_ms" and (not isinstance(value, int | float) or value < 0):
+        raise bad("expected a non-negative number of milliseconds")
+    return value

@@ -1,0 +1,1 @@
+"""Model runtimes. They are imported only inside worker processes and the CLI's local mode."""

@@ -1,0 +1,310 @@
+"""PredictionService: the request path, top to bottom, and the models it serves.
+
+    read the source → decode + preprocess (bounded thread pool) → batcher → worker
+    → softmax/top-k → record (metrics, log line) → Prediction
+
+It knows no HTTP: routes hand it a :class:`PredictRequest` and a deadline, and get a
+:class:`Prediction` or a :class:`ModelhostError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .batching.batcher import Batcher
+from .errors import InvalidInput, ModelhostError, NotFound, Timeout, Unavailable
+from .inputs.images import Region, to_tensor
+from .inputs.sources import Source, SourceReader
+from .metrics import Metrics
+from .postprocess import probabilities, top_k
+from .preprocessing import PreprocessingError, resolve
+from .types import ModelInfo, ModelSpec, Prediction, Preprocessing, Timings
+from .workers.pool import LoadError, ModelPool
+
+log = logging.getLogger("modelhost.service")
+predictions_log = logging.getLogger("modelhost.predictions")
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """What a client asked for, already parsed and validated by the HTTP layer."""
+
+    source: Source
+    region: Region = field(default_factory=Region)
+    top_k: int | None = None
+
+
+@dataclass
+class ServedModel:
+    """One model as served: its workers, its batcher, and what loading taught us."""
+
+    spec: ModelSpec
+    pool: ModelPool
+    batcher: Batcher
+    state: str = "loading"  # loading | ready | failed
+    error: str | None = None
+    info: ModelInfo | None = None
+    prep: Preprocessing | None = None
+
+
+@dataclass
+class Lifecycle:
+    """Start-up and shutdown state that health checks and the drain read."""
+
+    draining: bool = False
+    inflight: int = 0
+    fatal: str | None = None
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class PredictionService:
+    """Runs predictions on the served models and reports on their health."""
+
+    def __init__(self, models: list[ServedModel], sources: SourceReader, metrics: Metrics, *,
+                 decode_threads: int, max_pixels: int, max_pending: int, keep_going: bool) -> None:
+        self.models = {m.spec.name: m for m in models}
+        self.lifecycle = Lifecycle()
+        self._sources = sources
+        self._metrics = metrics
+        self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        self._max_pixels = max_pixels
+        self._max_pending = max_pending
+        self._pending_decodes = 0
+        self._keep_going = keep_going
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every model in its workers; a failure is fatal unless ``keep_going``."""
+        await asyncio.gather(*(self._load(m) for m in self.models.values()))
+        failed = [m for m in self.models.values() if m.state == "failed"]
+        if failed and not self._keep_going:
+            self.lifecycle.fatal = "; ".join(f"{m.spec.name}: {m.error}" for m in failed)
+        self.lifecycle.loaded.set()
+
+    async def _load(self, model: ServedModel) -> None:
+        try:
+            info = await model.pool.start()
+            model.prep = resolve(model.spec.config, info)
+            _check_labels(model.spec, info)
+        except (LoadError, PreprocessingError) as exc:
+            model.state, model.error = "failed", str(exc)
+            await model.pool.stop()
+            log.error("model %s failed to load: %s", model.spec.name, exc,
+                      extra={"fields": {"model": model.spec.name, "file": str(model.spec.path)}})
+            return
+        model.info, model.state = info, "ready"
+        model.batcher.start()
+        log.info("model %s loaded", model.spec.name, extra={"fields": _summary(model)})
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new predictions and wait (at most ``grace`` s) for in-flight ones."""
+        self.lifecycle.draining = True
+        until = time.monotonic() + grace
+        while self.lifecycle.inflight and time.monotonic() < until:
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        for model in self.models.values():
+            await model.batcher.stop()
+        await asyncio.gather(*(m.pool.stop() for m in self.models.values()))
+        await self._sources.aclose()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
+
+    def readiness(self) -> tuple[bool, dict]:
+        """Ready only when not draining and every model has a live, warmed-up worker."""
+        models = {
+            name: {"state": m.state, "workers_ready": m.pool.ready_workers,
+                   **({"error": m.error} if m.error else {})}
+            for name, m in self.models.items()
+        }
+        ready = (
+            not self.lifecycle.draining
+            and self.lifecycle.loaded.is_set()
+            and all(m.state == "ready" and m.pool.ready_workers > 0 for m in self.models.values())
+        )
+        reason = "draining" if self.lifecycle.draining else None
+        return ready, {"ready": ready, "reason": reason, "models": models}
+
+    def state_rows(self) -> list[dict]:
+        """Per-model numbers for the metrics collector."""
+        return [
+            {"model": n, "queue_depth": m.batcher.depth, "workers_ready": m.pool.ready_workers,
+             "load_seconds": m.pool.load_seconds, "restarts": m.pool.restarts}
+            for n, m in self.models.items()
+        ]
+
+    # -- the request path ------------------------------------------------------------------
+
+    async def predict(self, name: str, request: PredictRequest, deadline: float,
+                      request_id: str) -> Prediction:
+        """One image through one model."""
+        with self._admitted():
+            model = self.model(name)
+            self._check_ready(model)
+            timings = Timings()
+            started = time.perf_counter()
+            async with _deadline(deadline):
+                data = await self._fetch(request.source, timings)
+                return await self._run(model, data, request, deadline, timings, started,
+                                       request_id)
+
+    async def predict_many(self, names: list[str], request: PredictRequest, deadline: float,
+                           request_id: str) -> dict[str, Prediction | ModelhostError]:
+        """One image through several models in parallel; each fails on its own."""
+        with self._admitted():
+            timings = Timings()
+            started = time.perf_counter()
+            async with _deadline(deadline):
+                data = await self._fetch(request.source, timings)
+            results = await asyncio.gather(
+                *(self._run_named(n, data, request, deadline, started, timings.fetch,
+                                  request_id) for n in names),
+                return_exceptions=True,
+            )
+        return {n: _as_outcome(r) for n, r in zip(names, results, strict=True)}
+
+    def model(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            raise NotFound(f"no model named {name!r}")
+        return model
+
+    async def _run_named(self, name, data, request, deadline, started, fetch_ms, request_id):
+        model = self.model(name)
+        self._check_ready(model)
+        async with _deadline(deadline):
+            return await self._run(model, data, request, deadline, Timings(fetch=fetch_ms),
+                                   started, request_id)
+
+    async def _fetch(self, source: Source, timings: Timings) -> bytes:
+        started = time.perf_counter()
+        data = await self._sources.read(source)
+        timings.fetch = (time.perf_counter() - started) * 1000
+        return data
+
+    async def _run(self, model: ServedModel, data: bytes, request: PredictRequest,
+                   deadline: float, timings: Timings, started: float,
+                   request_id: str) -> Prediction:
+        name = model.spec.name
+        try:
+            tensor = await self._decode(model, data, request.region, timings)
+            out = await model.batcher.submit(tensor, deadline)
+            probs = probabilities(out.row, model.spec.config.output_kind)
+            k = request.top_k or model.spec.config.top_k
+            labels = top_k(probs, model.spec.labels, k)
+        except ModelhostError as exc:
+            self._log_failure(name, model.spec.version, exc, started, request_id)
+            raise
+        timings.queue, timings.inference = out.queue_ms, out.inference_ms
+        timings.total = (time.perf_counter() - started) * 1000
+        prediction = Prediction(uuid.uuid4().hex, name, model.spec.version, labels, timings,
+                                out.batch_size)
+        self._record(prediction, request_id)
+        return prediction
+
+    async def _decode(self, model: ServedModel, data: bytes, region: Region, timings: Timings):
+        if self._pending_decodes >= self._max_pending:
+            raise Unavailable("the server is at capacity; try again shortly", "overloaded")
+        self._pending_decodes += 1
+        started = time.perf_counter()
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._decoder, to_tensor, data, model.prep, region, self._max_pixels
+            )
+        finally:
+            self._pending_decodes -= 1
+            timings.decode = (time.perf_counter() - started) * 1000
+
+    @contextlib.contextmanager
+    def _admitted(self):
+        if self.lifecycle.draining:
+            raise Unavailable("the server is shutting down", "draining", retry_after=2.0)
+        self.lifecycle.inflight += 1
+        try:
+            yield
+        finally:
+            self.lifecycle.inflight -= 1
+
+    @staticmethod
+    def _check_ready(model: ServedModel) -> None:
+        if model.state == "failed":
+            raise Unavailable(f"model {model.spec.name!r} failed to load", "not_ready",
+                              retry_after=30.0)
+        if model.state != "ready":
+            raise Unavailable(f"model {model.spec.name!r} is still loading", "not_ready")
+
+    def _record(self, p: Prediction, request_id: str) -> None:
+        m, t = self._metrics, p.timings
+        m.decode.labels(p.model).observe(t.decode / 1000)
+        m.queue.labels(p.model).observe(t.queue / 1000)
+        m.inference.labels(p.model).observe(t.inference / 1000)
+        m.total.labels(p.model).observe(t.total / 1000)
+        m.batch_size.labels(p.model).observe(p.batch_size)
+        predictions_log.info("prediction", extra={"fields": {
+            "request_id": request_id, "prediction_id": p.id, "model": p.model,
+            "version": p.version, "status": 200, "batch_size": p.batch_size,
+            "top1": p.labels[0].label if p.labels else None,
+            "durations_ms": t.as_dict(),
+        }})
+
+    def _log_failure(self, model: str, version: str, exc: ModelhostError, started: float,
+                     request_id: str) -> None:
+        predictions_log.info("prediction failed", extra={"fields": {
+            "request_id": request_id, "model": model, "version": version,
+            "status": exc.status, "code": exc.code,
+            "durations_ms": {"total": round((time.perf_counter() - started) * 1000, 3)},
+        }})
+
+
+@contextlib.asynccontextmanager
+async def _deadline(deadline: float):
+    """Turn running out of time into a 504, whatever stage was running."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            yield
+    except TimeoutError:
+        raise Timeout("the request did not finish before its deadline") from None
+
+
+def _as_outcome(result) -> Prediction | ModelhostError:
+    if isinstance(result, Prediction | ModelhostError):
+        return result
+    if isinstance(result, BaseException):
+        log.error("unexpected error in a fan-out prediction", exc_info=result)
+        return ModelhostError("the prediction failed")
+    return result
+
+
+def _check_labels(spec: ModelSpec, info: ModelInfo) -> None:
+    classes = info.outputs[0].shape[-1] if info.outputs and info.outputs[0].shape else -1
+    if spec.labels and classes > 0 and classes != len(spec.labels):
+        raise LoadError(
+            f"{spec.path.parent / 'labels.txt'}: {len(spec.labels)} labels, "
+            f"but the model has {classes} outputs"
+        )
+
+
+def _summary(model: ServedModel) -> dict:
+    info, prep = model.info, model.prep
+    assert info is not None and prep is not None
+    return {
+        "model": model.spec.name, "version": model.spec.version, "format": model.spec.format,
+        "file": model.spec.path.name, "load_seconds": round(model.pool.load_seconds, 3),
+        "inputs": [[t.name, t.dtype, list(t.shape)] for t in info.inputs],
+        "outputs": [[t.name, t.dtype, list(t.shape)] for t in info.outputs],
+        "labels": len(model.spec.labels), "parameters": info.parameters,
+        "preprocessing": {"size": list(prep.size), "layout": prep.layout,
+                          "scaling": prep.scaling, "resize": prep.resize},
+        "workers": model.pool.ready_workers,
+    }
+
+
+__all__ = ["InvalidInput", "PredictRequest", "PredictionService", "ServedModel"]

@@ -1,0 +1,70 @@
+"""All of modelhost's settings in one object, filled from flags, ``MODELHOST_*`` variables and
+defaults. Only this module reads the environment; the CLI builds one ``Settings`` and passes it on.
+
+Defaults are the safe ones: bind to loopback, no URL fetching, no server paths, bounded bodies,
+pixels and time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    """Where converted demo models live (XDG cache convention)."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "modelhost"
+
+
+class Settings(BaseSettings):
+    """The server's configuration. Each field is also ``MODELHOST_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELHOST_", extra="ignore")
+
+    models: Path | None = Field(
+        None, description="Model file or repository folder; None serves the demo models."
+    )
+    host: str = Field("127.0.0.1", description="Address to bind; loopback unless opened up.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    keep_going: bool = Field(
+        False, description="Serve the models that loaded when others fail, instead of exiting."
+    )
+    allow_path_root: Path | None = Field(
+        None, description="Server files under this folder may be named by `path`; off if None."
+    )
+    allow_urls: bool = Field(False, description="Let clients name an image by http(s) URL.")
+    allow_private_urls: bool = Field(
+        False, description="Also fetch from loopback/private/link-local addresses (tests only)."
+    )
+    url_max_bytes: int = Field(20 * 2**20, gt=0, description="Largest download accepted.")
+    url_timeout: float = Field(10.0, gt=0, description="Total seconds for one URL fetch.")
+    url_max_redirects: int = Field(3, ge=0, description="Redirects followed, each re-vetted.")
+    timeout: float = Field(30.0, gt=0, description="Deadline of a request in seconds.")
+    max_body: int = Field(20 * 2**20, gt=0, description="Largest request body in bytes.")
+    max_pixels: int = Field(
+        25_000_000, gt=0, description="Largest image (width × height), checked before decoding."
+    )
+    max_queue: int = Field(256, gt=0, description="Requests waiting per model before 503.")
+    decode_threads: int = Field(2, gt=0, description="Threads decoding and resizing images.")
+    replicas: int | None = Field(
+        None, ge=1, description="Worker processes per model (overrides modelhost.toml)."
+    )
+    threads: int | None = Field(
+        None, ge=0, description="ONNX Runtime intra-op threads per worker (0: runtime's choice)."
+    )
+    max_batch_size: int | None = Field(None, ge=1, description="Overrides modelhost.toml.")
+    max_delay_ms: float | None = Field(None, ge=0, description="Overrides modelhost.toml.")
+    drain_grace: float = Field(
+        20.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM."
+    )
+    worker_start_timeout: float = Field(
+        120.0, gt=0, description="Seconds a worker may take to load and warm up."
+    )
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    access_log: bool = Field(False, description="uvicorn's access log (predictions log anyway).")

@@ -1,0 +1,300 @@
+"""The server side of a model's worker processes: spawn, dispatch, supervise, restart.
+
+Each :class:`Worker` is one ``spawn``-ed process with a pipe. Two threads per worker move frames
+(a blocked pipe write must never stall the event loop, and reading wakes the loop only when a
+frame is complete); everything else runs on the event loop. A worker that dies fails only its
+in-flight batches (503 ``worker_crashed``) and :class:`ModelPool` restarts it with back-off; a
+worker that keeps a batch past its deadline is killed and replaced the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from ..errors import InternalError, ModelhostError, Unavailable
+from ..types import ModelInfo, ModelSpec
+from .messages import Batch, BatchFailed, LoadFailed, Ready, Result, Start, Stop, decode, encode
+
+log = logging.getLogger("modelhost.workers")
+
+MAX_INFLIGHT = 2  # one batch running, one waiting in the pipe: the worker never idles
+HANG_GRACE = 2.0  # seconds past a batch's deadline before its worker counts as hung
+_batch_ids = itertools.count(1)
+
+
+class LoadError(Exception):
+    """A worker could not load its model; the message names the file and the reason."""
+
+
+class Worker:
+    """One worker process, seen from the server."""
+
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
+        self.spec = spec
+        self._threads = threads
+        self._loop = asyncio.get_running_loop()
+        self._inflight: dict[int, tuple[asyncio.Future, float]] = {}
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._ready: asyncio.Future[Ready] = self._loop.create_future()
+        self.exited: asyncio.Future[int | None] = self._loop.create_future()
+        self.pid: int | None = None
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def alive(self) -> bool:
+        return self._ready.done() and not self._ready.exception() and not self.exited.done()
+
+    async def start(self, timeout: float) -> Ready:
+        """Spawn the process and wait until it has loaded and warmed up the model."""
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "modelhost.workers.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+            self._conn = Connection(ours.detach())
+        self.pid = self._process.pid
+        self._outbox.put(encode(Start(self.spec, self._threads)))
+        threading.Thread(target=self._read_loop, daemon=True, name="worker-reader").start()
+        threading.Thread(target=self._write_loop, daemon=True, name="worker-writer").start()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except TimeoutError:
+            self.kill()
+            raise LoadError(
+                f"{self.spec.path.name}: loading took longer than {timeout:g}s"
+            ) from None
+
+    def submit(self, batch: np.ndarray, deadline: float) -> asyncio.Future:
+        """Send one batch; the future resolves to (output, inference_ms)."""
+        batch_id = next(_batch_ids)
+        future = self._loop.create_future()
+        self._inflight[batch_id] = (future, deadline)
+        self._outbox.put(encode(Batch(batch_id, str(batch.dtype), batch.shape), batch))
+        return future
+
+    def overdue(self, now: float) -> bool:
+        """True when a batch has run well past its deadline: the worker is hung."""
+        return any(deadline + HANG_GRACE < now for _, deadline in self._inflight.values())
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self._process.kill()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit; kill it if it does not within ``timeout``."""
+        if self.exited.done():
+            return
+        self._outbox.put(encode(Stop()))
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+        except TimeoutError:
+            self.kill()
+            await self.exited
+
+    # -- threads -------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while (frame := self._outbox.get()) is not None:
+            try:
+                self._conn.send_bytes(frame)
+            except (OSError, ValueError):
+                return
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                frame = self._conn.recv_bytes()
+            except (EOFError, OSError):
+                break
+            if not self._call(self._on_frame, frame):
+                break
+        try:
+            exitcode = self._process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            exitcode = None
+        self._outbox.put(None)
+        self._call(self._on_exit, exitcode)
+
+    def _call(self, callback, argument) -> bool:
+        """Hand ``argument`` to the event loop; False once the loop is gone (shutdown)."""
+        try:
+            self._loop.call_soon_threadsafe(callback, argument)
+            return True
+        except RuntimeError:
+            return False
+
+    # -- event loop side -----------------------------------------------------------------
+
+    def _on_frame(self, frame: bytes) -> None:
+        header, tensor = decode(frame)
+        match header:
+            case Result(batch_id=batch_id, inference_ms=ms):
+                self._settle(batch_id, result=(tensor, ms))
+            case BatchFailed(batch_id=batch_id, message=message):
+                log.error("model %s failed on a batch: %s", self.spec.name, message)
+                self._settle(batch_id, error=InternalError("the model failed on this input",
+                                                           "model_failed"))
+            case Ready():
+                self._ready.set_result(header)
+            case LoadFailed(message=message):
+                self._ready.set_exception(LoadError(f"{self.spec.path.name}: {message}"))
+
+    def _settle(self, batch_id: int, result=None, error: ModelhostError | None = None) -> None:
+        future, _ = self._inflight.pop(batch_id, (None, 0.0))
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _on_exit(self, exitcode: int | None) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        crashed = Unavailable(
+            f"the worker running model {self.spec.name!r} stopped; it is being restarted",
+            "worker_crashed",
+            retry_after=1.0,
+        )
+        for batch_id in list(self._inflight):
+            self._settle(batch_id, error=crashed)
+        if not self._ready.done():
+            self._ready.set_exception(
+                LoadError(f"{self.spec.path.name}: the worker exited while loading "
+                          f"(exit code {exitcode})")
+            )
+        if self._ready.done():
+            self._ready.exception()  # mark it retrieved: start() may have stopped waiting
+        if not self.exited.done():
+            self.exited.set_result(exitcode)
+
+
+class ModelPool:
+    """All worker processes of one model: dispatch to the least busy, restart the dead."""
+
+    def __init__(self, spec: ModelSpec, replicas: int, threads: int, start_timeout: float) -> None:
+        self.spec = spec
+        self._replicas = replicas
+        self._threads = threads
+        self._start_timeout = start_timeout
+        self._workers: list[Worker | None] = [None] * replicas
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self.restarts = 0  # read by the metrics collector at scrape time
+        self.info: ModelInfo | None = None
+        self.load_seconds = 0.0
+
+    @property
+    def ready_workers(self) -> int:
+        return sum(1 for w in self._workers if w is not None and w.alive)
+
+    async def start(self) -> ModelInfo:
+        """Start every replica; raise LoadError if any fails (the others are stopped)."""
+        started = time.perf_counter()
+        workers = [Worker(self.spec, self._threads) for _ in range(self._replicas)]
+        results = await asyncio.gather(
+            *(w.start(self._start_timeout) for w in workers), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+            raise errors[0] if isinstance(errors[0], LoadError) else LoadError(str(errors[0]))
+        self.load_seconds = time.perf_counter() - started
+        self.info = results[0].info
+        self._workers = workers
+        self._tasks = [asyncio.create_task(self._supervise(i)) for i in range(self._replicas)]
+        self._tasks.append(asyncio.create_task(self._watch_hangs()))
+        return self.info
+
+    async def acquire(self) -> Worker:
+        """The least busy live worker with room for one more batch; waits while all are busy."""
+        while True:
+            live = [w for w in self._workers if w is not None and w.alive]
+            if not live:
+                raise Unavailable(
+                    f"no worker of model {self.spec.name!r} is running; it is being restarted",
+                    "worker_crashed",
+                    retry_after=2.0,
+                )
+            best = min(live, key=lambda w: w.inflight)
+            if best.inflight < MAX_INFLIGHT:
+                return best
+            self._changed.clear()
+            await self._changed.wait()
+
+    def submit(self, worker: Worker, batch: np.ndarray, deadline: float) -> asyncio.Future:
+        future = worker.submit(batch, deadline)
+        future.add_done_callback(lambda _: self._changed.set())
+        return future
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(
+            *(w.stop() for w in self._workers if w is not None), return_exceptions=True
+        )
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in self._workers if w is not None and w.pid and w.alive]
+
+    async def _supervise(self, slot: int) -> None:
+        """Wait for the worker in ``slot`` to die, then restart it with back-off."""
+        backoff = 0.5
+        while not self._stopping:
+            worker = self._workers[slot]
+            assert worker is not None
+            born = time.monotonic()
+            exitcode = await worker.exited
+            if self._stopping:
+                return
+            self._changed.set()
+            if time.monotonic() - born > 60:
+                backoff = 0.5
+            log.warning("worker of model %s (pid %s) exited with code %s; restarting in %.1fs",
+                        self.spec.name, worker.pid, exitcode, backoff)
+            self.restarts += 1
+            self._workers[slot] = None
+            self._workers[slot] = await self._restart(backoff)
+            backoff = min(backoff * 2, 30.0)
+            self._changed.set()
+
+    async def _restart(self, backoff: float) -> Worker:
+        while True:
+            await asyncio.sleep(backoff)
+            worker = Worker(self.spec, self._threads)
+            try:
+                await worker.start(self._start_timeout)
+                return worker
+            except LoadError as exc:
+                log.error("restarting a worker of model %s failed: %s", self.spec.name, exc)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _watch_hangs(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.25)
+            for worker in self._workers:
+                if worker is not None and worker.alive and worker.overdue(loop.time()):
+                    log.error("worker of model %s (pid %s) is hung past its deadline; killing it",
+                              self.spec.name, worker.pid)
+                    worker.kill()

@@ -1,0 +1,113 @@
+"""The CLI: serve's start-up errors and --keep-going, predict and inspect, local and remote."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from ..support import image_bytes, rgb_model, solid, start_server
+
+CLI = [sys.executable, "-m", "modelhost.cli"]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_broken_model_stops_the_server_with_a_clear_line(tmp_path):
+    rgb_model(tmp_path / "repo" / "good")
+    (tmp_path / "repo" / "bad").mkdir()
+    (tmp_path / "repo" / "bad" / "model.onnx").write_bytes(b"\x08\x01garbage")
+    result = run("serve", str(tmp_path / "repo"), "--port", "0")
+    assert result.returncode == 1
+    assert "bad" in result.stderr and "model.onnx" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_labels_that_do_not_match_the_outputs(tmp_path):
+    rgb_model(tmp_path / "m", labels=("a", "b"))
+    result = run("serve", str(tmp_path / "m" / "model.onnx"), "--port", "0")
+    assert result.returncode == 1
+    assert "2 labels, but the model has 3 outputs" in result.stderr
+
+
+def test_missing_model_and_bad_config_exit_2(tmp_path):
+    result = run("serve", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "no such file or folder" in result.stderr
+    rgb_model(tmp_path / "m", toml="[input]\nlayout = 'CHW'\n")
+    result = run("serve", str(tmp_path / "m"))
+    assert result.returncode == 2 and "input.layout" in result.stderr
+
+
+def test_keep_going_serves_the_rest_and_reports_the_failure(tmp_path):
+    rgb_model(tmp_path / "repo" / "good")
+    (tmp_path / "repo" / "bad").mkdir()
+    (tmp_path / "repo" / "bad" / "model.onnx").write_bytes(b"garbage")
+    server = start_server([str(tmp_path / "repo"), "--keep-going"], tmp_path, wait_ready=False)
+    try:
+        import time
+
+        for _ in range(200):
+            ready = server.client.get("/readyz").json()
+            if ready["models"]["good"]["state"] == "ready":
+                break
+            time.sleep(0.05)
+        assert server.client.get("/readyz").status_code == 503
+        assert ready["models"]["bad"]["state"] == "failed" and ready["models"]["bad"]["error"]
+        models = {m["name"]: m for m in server.client.get("/api/models").json()["models"]}
+        assert models["bad"]["state"] == "failed" and "model.onnx" in models["bad"]["error"]
+        ok = server.client.post("/api/models/good/predict",
+                                files={"image": ("r.png", solid((255, 0, 0)))})
+        assert ok.json()["predictions"][0]["label"] == "red"
+        bad = server.client.post("/api/models/bad/predict",
+                                 files={"image": ("r.png", solid((255, 0, 0)))})
+        assert bad.status_code == 503 and bad.json()["error"]["code"] == "not_ready"
+    finally:
+        assert server.stop() == 0
+
+
+def test_predict_locally_and_against_a_server(tmp_path):
+    model = rgb_model(tmp_path / "m")
+    files = []
+    for name, colour in (("r.png", (255, 0, 0)), ("g.jpg", (0, 255, 0))):
+        path = tmp_path / name
+        path.write_bytes(solid(colour, fmt="PNG" if name.endswith("png") else "JPEG"))
+        files.append(str(path))
+    local = run("predict", str(model), *files, "--json", "--top-k", "2")
+    assert local.returncode == 0, local.stderr
+    lines = [json.loads(line) for line in local.stdout.splitlines()]
+    assert [line["predictions"][0]["label"] for line in lines] == ["red", "green"]
+    assert all(len(line["predictions"]) == 2 for line in lines)
+    table = run("predict", str(model), files[0])
+    assert "red" in table.stdout and "score" in table.stdout
+    server = start_server([str(model)], tmp_path)
+    try:
+        remote = run("predict", server.url, *files, "--json")
+        lines = [json.loads(line) for line in remote.stdout.splitlines()]
+        assert [line["predictions"][0]["label"] for line in lines] == ["red", "green"]
+        assert all(line["id"] for line in lines)
+    finally:
+        assert server.stop() == 0
+
+
+def test_predict_crop_option(tmp_path):
+    from ..support import halves
+
+    model = rgb_model(tmp_path / "m")
+    path = tmp_path / "h.png"
+    path.write_bytes(image_bytes(halves((255, 0, 0), (0, 0, 255), (200, 100))))
+    result = run("predict", str(model), str(path), "--x", "190", "--y", "50", "--crop", "0.2",
+                 "--json")
+    assert json.loads(result.stdout)["predictions"][0]["label"] == "blue"
+
+
+def test_inspect_prints_what_was_read(tmp_path):
+    model = rgb_model(tmp_path / "m", toml='[input]\nscaling = "tf"\nresize = 12\n')
+    result = run("inspect", str(model))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for text in ("image", "float32", "[-1, 3, 9, 9]", "logits", "ReduceMean×1", "MatMul×1",
+                 "9 parameters", "labels (3): red, green, blue", "scaling tf",
+                 "shorter side 12"):
+        assert text in out, (text, out)
