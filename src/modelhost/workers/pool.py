@@ -1,10 +1,15 @@
 """The server side of a model's worker processes: spawn, dispatch, supervise, restart.
 
-Each :class:`Worker` is one ``spawn``-ed process with a pipe. Two threads per worker move frames
-(a blocked pipe write must never stall the event loop, and reading wakes the loop only when a
-frame is complete); everything else runs on the event loop. A worker that dies fails only its
-in-flight batches (503 ``worker_crashed``) and :class:`ModelPool` restarts it with back-off; a
-worker that keeps a batch past its deadline is killed and replaced the same way.
+Each :class:`Worker` is one child process (``python -m modelhost.workers.worker``) joined by a
+socket pair. The server side of the socket is an asyncio stream: frames are written without
+blocking the loop and read as they complete, with no threads in between (the first version used
+a reader and a writer thread per worker; each thread hop cost ~1 ms on these machines, half of a
+tiny model's whole request). The child speaks ``multiprocessing.connection`` framing (4-byte
+big-endian length, then the frame), so it can stay a plain blocking loop.
+
+A worker that dies fails only its in-flight batches (503 ``worker_crashed``) and
+:class:`ModelPool` restarts it with back-off; a worker that keeps a batch past its deadline is
+killed and replaced the same way.
 """
 
 from __future__ import annotations
@@ -13,13 +18,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import queue
 import socket
+import struct
 import subprocess
 import sys
-import threading
 import time
-from multiprocessing.connection import Connection
 
 import numpy as np
 
@@ -32,6 +35,7 @@ log = logging.getLogger("modelhost.workers")
 MAX_INFLIGHT = 2  # one batch running, one waiting in the pipe: the worker never idles
 HANG_GRACE = 2.0  # seconds past a batch's deadline before its worker counts as hung
 _batch_ids = itertools.count(1)
+_LENGTH = struct.Struct("!i")  # multiprocessing.connection's frame header
 
 
 class LoadError(Exception):
@@ -46,7 +50,7 @@ class Worker:
         self._threads = threads
         self._loop = asyncio.get_running_loop()
         self._inflight: dict[int, tuple[asyncio.Future, float]] = {}
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._writer: asyncio.StreamWriter | None = None
         self._ready: asyncio.Future[Ready] = self._loop.create_future()
         self.exited: asyncio.Future[int | None] = self._loop.create_future()
         self.pid: int | None = None
@@ -62,17 +66,16 @@ class Worker:
     async def start(self, timeout: float) -> Ready:
         """Spawn the process and wait until it has loaded and warmed up the model."""
         ours, theirs = socket.socketpair()
-        with ours, theirs:
+        with theirs:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "modelhost.workers.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
-            self._conn = Connection(ours.detach())
         self.pid = self._process.pid
-        self._outbox.put(encode(Start(self.spec, self._threads)))
-        threading.Thread(target=self._read_loop, daemon=True, name="worker-reader").start()
-        threading.Thread(target=self._write_loop, daemon=True, name="worker-writer").start()
+        reader, self._writer = await asyncio.open_connection(sock=ours)
+        self._send(encode(Start(self.spec, self._threads)))
+        self._reading = self._loop.create_task(self._read_frames(reader))
         try:
             return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except TimeoutError:
@@ -86,8 +89,13 @@ class Worker:
         batch_id = next(_batch_ids)
         future = self._loop.create_future()
         self._inflight[batch_id] = (future, deadline)
-        self._outbox.put(encode(Batch(batch_id, str(batch.dtype), batch.shape), batch))
+        self._send(encode(Batch(batch_id, str(batch.dtype), batch.shape), batch))
         return future
+
+    def _send(self, frame: bytes) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(_LENGTH.pack(len(frame)))
+            self._writer.write(frame)
 
     def overdue(self, now: float) -> bool:
         """True when a batch has run well past its deadline: the worker is hung."""
@@ -101,44 +109,26 @@ class Worker:
         """Ask the worker to exit; kill it if it does not within ``timeout``."""
         if self.exited.done():
             return
-        self._outbox.put(encode(Stop()))
+        self._send(encode(Stop()))
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), timeout)
         except TimeoutError:
             self.kill()
             await self.exited
 
-    # -- threads -------------------------------------------------------------------------
-
-    def _write_loop(self) -> None:
-        while (frame := self._outbox.get()) is not None:
-            try:
-                self._conn.send_bytes(frame)
-            except (OSError, ValueError):
-                return
-
-    def _read_loop(self) -> None:
-        while True:
-            try:
-                frame = self._conn.recv_bytes()
-            except (EOFError, OSError):
-                break
-            if not self._call(self._on_frame, frame):
-                break
+    async def _read_frames(self, reader: asyncio.StreamReader) -> None:
+        """Deliver frames until the worker's end closes, then report its exit."""
         try:
-            exitcode = self._process.wait(5.0)
-        except subprocess.TimeoutExpired:
+            while True:
+                (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+                self._on_frame(await reader.readexactly(size))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        try:
+            exitcode = await asyncio.wait_for(asyncio.to_thread(self._process.wait), 5.0)
+        except TimeoutError:
             exitcode = None
-        self._outbox.put(None)
-        self._call(self._on_exit, exitcode)
-
-    def _call(self, callback, argument) -> bool:
-        """Hand ``argument`` to the event loop; False once the loop is gone (shutdown)."""
-        try:
-            self._loop.call_soon_threadsafe(callback, argument)
-            return True
-        except RuntimeError:
-            return False
+        self._on_exit(exitcode)
 
     # -- event loop side -----------------------------------------------------------------
 
@@ -166,8 +156,8 @@ class Worker:
             future.set_result(result)
 
     def _on_exit(self, exitcode: int | None) -> None:
-        with contextlib.suppress(Exception):
-            self._conn.close()
+        if self._writer is not None:
+            self._writer.close()
         crashed = Unavailable(
             f"the worker running model {self.spec.name!r} stopped; it is being restarted",
             "worker_crashed",
