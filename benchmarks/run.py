@@ -15,7 +15,7 @@ httpx as a comparison, and optionally ``wrk`` (``--wrk``) as a cross-check of th
 Writes benchmarks/results/latest.json and docs/benchmarks.png. Run it on an idle machine:
 the client shares the 2 cores with the server. ``--quick`` is a smoke check, not a benchmark.
 
-    python benchmarks/run.py                 # full run, ~5 minutes
+    python benchmarks/run.py                 # full run, ~4 minutes
     python benchmarks/run.py --quick         # ~1 minute
     python benchmarks/run.py --models tiny --wrk
 """
@@ -48,8 +48,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-if str(SRC) not in sys.path:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(SRC))
+for _path in (SRC, ROOT / "benchmarks"):  # a checkout without `pip install -e .`; tiny_model
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import tiny_model  # noqa: E402  (benchmarks/ is this script's folder)
 
@@ -153,6 +154,10 @@ def in_process_limit(model: Path, prep: Prep, jpeg: bytes, seconds: float) -> di
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    # As the server's workers: with spinning on, the 2 threads fight whatever else runs on
+    # the 2 cores (EfficientNet-Lite0 batch 1 took 29 ms instead of 15 ms on a busy machine).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     batch1 = _loop(lambda: session.run(None, {name: prep(jpeg)[None]}), 1, seconds)
@@ -606,7 +611,9 @@ def _plot_model(ax: Any, name: str, result: dict[str, Any]) -> None:
 
 def run_model(name: str, folder: Path, jpeg: bytes, opts: Options, logs: Path) -> dict[str, Any]:
     print(f"[{name}] in-process limit ...", flush=True)
+    load = os.getloadavg()[0]  # recorded per phase: other work on the machine skews both
     limit = in_process_limit(folder / "model.onnx", PREPS[name], jpeg, opts.limit_seconds)
+    limit["load_average_before"] = load
     print(
         f"  batch 1: {limit['batch1']['rps']:,.0f}/s, p50 {limit['batch1']['p50_ms']:.2f} ms;"
         f" best: {limit['best']['rps']:,.0f}/s (batch {limit['best']['batch']})",
@@ -614,7 +621,9 @@ def run_model(name: str, folder: Path, jpeg: bytes, opts: Options, logs: Path) -
     )
     print(f"[{name}] modelhost serve {folder} ...", flush=True)
     try:
+        load = os.getloadavg()[0]
         server = serve_scenario(folder, jpeg, opts, logs / f"server-{name}.log")
+        server["load_average_before"] = load
     except RuntimeError as exc:
         print(f"  failed: {exc}", flush=True)
         return {"limit": limit, "error": str(exc)}

@@ -52,6 +52,7 @@ class LiveServer:
 
 
 def children_of(pid: int) -> list[int]:
+    """Live worker processes started by ``pid``."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -59,7 +60,8 @@ def children_of(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{entry}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if int(fields[1]) == pid and fields[0] != "Z" and b"modelhost.workers" in cmdline:
                 found.append(int(entry))
     return found
 

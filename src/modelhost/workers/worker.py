@@ -20,6 +20,7 @@ from ..preprocessing import resolve, tensor_shape
 from ..runtimes.base import load_runtime
 from ..types import ModelSpec
 from .messages import Batch, BatchFailed, LoadFailed, Ready, Result, Start, Stop, decode, encode
+from .shm import Attachments
 
 
 def main(fd: int) -> None:
@@ -48,6 +49,7 @@ def _load_and_serve(conn: Connection, spec: ModelSpec, threads: int) -> None:
 
 
 def _serve(conn: Connection, runtime) -> None:
+    slots = Attachments()
     while True:
         try:
             header, tensor = decode(conn.recv_bytes())
@@ -56,6 +58,8 @@ def _serve(conn: Connection, runtime) -> None:
         if isinstance(header, Stop):
             return
         if isinstance(header, Batch):
+            if header.shm:
+                tensor = slots.view(header.shm, header.dtype, header.shape)
             conn.send_bytes(_run(runtime, header, tensor))
 
 
