@@ -335,17 +335,24 @@ def sample_colors(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.clip(out, 0, 255)
 
 
-def add_variation(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Lighting gradient, smooth texture and sensor noise on (n, 8, 8, 3) float patches."""
+def add_variation(patch: np.ndarray, rng: np.random.Generator, shade: float) -> np.ndarray:
+    """Lighting gradient, shading texture and sensor noise on (n, 8, 8, 3) float patches.
+
+    Real surfaces (fur, fabric, coffee crema) vary a lot in brightness but little in hue;
+    ``shade`` is the largest relative brightness texture, so such patches are still named
+    by their colour rather than called multi-coloured.
+    """
     n = len(patch)
     ramp = np.linspace(-0.5, 0.5, 8)
     angle = rng.uniform(0, 2 * np.pi, (n, 1, 1))
     direction = np.cos(angle) * ramp[None, None, :] + np.sin(angle) * ramp[None, :, None]
     light = 1 + rng.uniform(-0.15, 0.15, (n, 1, 1)) * direction
-    coarse = rng.normal(0, 1, (n, 4, 4, 1)).repeat(2, 1).repeat(2, 2)
-    texture = coarse * rng.uniform(0, 6, (n, 1, 1, 1))
+    coarse = rng.normal(0, 1, (n, 4, 4)).repeat(2, 1).repeat(2, 2)
+    field = (coarse + rng.normal(0, 1, (n, 8, 8))) / np.sqrt(2)
+    shading = np.clip(1 + field * rng.uniform(0, shade, (n, 1, 1)), 0.3, 1.7)
+    grain = rng.normal(0, 1, (n, 8, 8, 1)) * rng.uniform(0, 6, (n, 1, 1, 1))
     noise = rng.normal(0, 1, patch.shape) * rng.uniform(0, 5, (n, 1, 1, 1))
-    return patch * light[..., None] + texture + noise
+    return patch * (light * shading)[..., None] + grain + noise
 
 
 def solid_patches(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -354,13 +361,16 @@ def solid_patches(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def distinct_colors(rng: np.random.Generator, k: int) -> np.ndarray:
-    """k colours with different names, far apart in Lab (a person would say "multi")."""
+    """k colours with different names, clearly apart (a person would say "multi").
+
+    Lightness counts half: light and dark of one hue reads as shading, not as two colours,
+    so black/grey is not multi-coloured but black/white or red/green is.
+    """
     while True:
         colors = sample_colors(rng, k)
-        names = name_colors(colors)
-        lab = srgb_to_lab(colors)
+        lab = srgb_to_lab(colors) * np.array([0.5, 1.0, 1.0])
         gaps = np.linalg.norm(lab[:, None] - lab[None], axis=-1)[np.triu_indices(k, 1)]
-        if len(set(names)) == k and gaps.min() > 35:
+        if len(set(name_colors(colors))) == k and gaps.min() > 40:
             return colors
 
 
@@ -414,13 +424,13 @@ def multi_patches(rng: np.random.Generator, n: int) -> np.ndarray:
 def colors_data(seed: int, n: int, multi_share: float = 0.15) -> tuple[torch.Tensor, ...]:
     """A generated set: NCHW unit-scaled patches and their label indices.
 
-    Solid patches are labelled by the name of their mean colour (after lighting and
-    noise), so the label is a function of what the model actually sees.
+    Solid patches are labelled by the name of their mean colour (after lighting, shading
+    and noise), so the label is a function of what the model actually sees.
     """
     rng = np.random.default_rng(seed)
     n_multi = int(n * multi_share)
-    solid = np.clip(np.rint(add_variation(solid_patches(rng, n - n_multi), rng)), 0, 255)
-    multi = np.clip(np.rint(add_variation(multi_patches(rng, n_multi), rng)), 0, 255)
+    solid = np.clip(np.rint(add_variation(solid_patches(rng, n - n_multi), rng, 0.3)), 0, 255)
+    multi = np.clip(np.rint(add_variation(multi_patches(rng, n_multi), rng, 0.1)), 0, 255)
     y = np.concatenate([name_colors(solid.mean(axis=(1, 2))), np.full(n_multi, len(PROTOTYPES))])
     x = np.concatenate([solid, multi]).transpose(0, 3, 1, 2) / 255.0
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
