@@ -63,8 +63,7 @@ def build_service(settings: Settings, specs: list[ModelSpec]) -> tuple[Predictio
     metrics = Metrics()
     service = PredictionService(
         served, sources, metrics,
-        decode_threads=settings.decode_threads, max_pixels=settings.max_pixels,
-        max_pending=settings.max_queue * max(1, len(served)), keep_going=settings.keep_going,
+        max_pixels=settings.max_pixels, keep_going=settings.keep_going,
     )
     metrics.watch(service.state_rows)
     return service, metrics
@@ -77,6 +76,7 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
         replicas=settings.replicas or config.replicas,
         threads=settings.threads if settings.threads is not None else config.threads,
         start_timeout=settings.worker_start_timeout,
+        max_pixels=settings.max_pixels,
     )
     batcher = Batcher(
         pool,

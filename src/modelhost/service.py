@@ -14,17 +14,16 @@ import contextlib
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .batching.batcher import Batcher
 from .errors import InvalidInput, ModelhostError, NotFound, Timeout, Unavailable
-from .inputs.images import Region, to_tensor
+from .inputs.images import check
 from .inputs.sources import Source, SourceReader
 from .metrics import Metrics
 from .postprocess import probabilities, top_k
 from .preprocessing import PreprocessingError, resolve
-from .types import ModelInfo, ModelSpec, Prediction, Preprocessing, Timings
+from .types import ModelInfo, ModelSpec, Prediction, Preprocessing, Region, Timings
 from .workers.pool import LoadError, ModelPool
 
 log = logging.getLogger("modelhost.service")
@@ -67,15 +66,12 @@ class PredictionService:
     """Runs predictions on the served models and reports on their health."""
 
     def __init__(self, models: list[ServedModel], sources: SourceReader, metrics: Metrics, *,
-                 decode_threads: int, max_pixels: int, max_pending: int, keep_going: bool) -> None:
+                 max_pixels: int, keep_going: bool) -> None:
         self.models = {m.spec.name: m for m in models}
         self.lifecycle = Lifecycle()
         self._sources = sources
         self._metrics = metrics
-        self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
         self._max_pixels = max_pixels
-        self._max_pending = max_pending
-        self._pending_decodes = 0
         self._keep_going = keep_going
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -115,7 +111,6 @@ class PredictionService:
             await model.batcher.stop()
         await asyncio.gather(*(m.pool.stop() for m in self.models.values()))
         await self._sources.aclose()
-        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def readiness(self) -> tuple[bool, dict]:
         """Ready only when not draining and every model has a live, warmed-up worker."""
@@ -194,34 +189,21 @@ class PredictionService:
                    request_id: str) -> Prediction:
         name = model.spec.name
         try:
-            tensor = await self._decode(model, data, request.region, timings)
-            out = await model.batcher.submit(tensor, deadline)
+            check(data, request.region, model.spec.config.default_crop, self._max_pixels)
+            out = await model.batcher.submit(data, request.region, deadline)
             probs = probabilities(out.row, model.spec.config.output_kind)
             k = request.top_k or model.spec.config.top_k
             labels = top_k(probs, model.spec.labels, k)
         except ModelhostError as exc:
             self._log_failure(name, model.spec.version, exc, started, request_id)
             raise
-        timings.queue, timings.inference = out.queue_ms, out.inference_ms
+        timings.queue, timings.decode, timings.inference = (
+            out.queue_ms, out.decode_ms, out.inference_ms)
         timings.total = (time.perf_counter() - started) * 1000
         prediction = Prediction(uuid.uuid4().hex, name, model.spec.version, labels, timings,
                                 out.batch_size)
         self._record(prediction, request_id)
         return prediction
-
-    async def _decode(self, model: ServedModel, data: bytes, region: Region, timings: Timings):
-        if self._pending_decodes >= self._max_pending:
-            raise Unavailable("the server is at capacity; try again shortly", "overloaded")
-        self._pending_decodes += 1
-        started = time.perf_counter()
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._decoder, to_tensor, data, model.prep, region, self._max_pixels
-            )
-        finally:
-            self._pending_decodes -= 1
-            timings.decode = (time.perf_counter() - started) * 1000
 
     @contextlib.contextmanager
     def _admitted(self):

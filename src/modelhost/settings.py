@@ -50,7 +50,6 @@ class Settings(BaseSettings):
         25_000_000, gt=0, description="Largest image (width × height), checked before decoding."
     )
     max_queue: int = Field(256, gt=0, description="Requests waiting per model before 503.")
-    decode_threads: int = Field(2, gt=0, description="Threads decoding and resizing images.")
     replicas: int | None = Field(
         None, ge=1, description="Worker processes per model (overrides modelhost.toml)."
     )

@@ -47,6 +47,16 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class Region:
+    """Where to look: a point in the upright image's pixels and a crop fraction (None: the
+    model's default when a point is given, else the whole image)."""
+
+    x: float | None = None
+    y: float | None = None
+    crop: float | None = None
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """What ``modelhost.toml`` may say about a model; every field is optional there."""
 

@@ -188,6 +188,24 @@ def test_colors_solid(colors: Folder, rgb: tuple[int, int, int], name: str) -> N
     assert colors.top1(solid(rgb), point=(200, 100)) == name
 
 
+def test_colors_labels(colors: Folder) -> None:
+    """18 colour names plus "multi-coloured", in model output order."""
+    assert colors.labels == [
+        "black", "grey", "silver", "white", "red", "maroon", "orange", "brown", "yellow",
+        "olive", "green", "teal", "cyan", "blue", "navy", "purple", "pink", "beige",
+        "multi-coloured",
+    ]  # fmt: skip
+    assert colors.config["input"]["crop"] == 0.1
+
+
+def test_colors_shaded_surface_keeps_its_name(colors: Folder) -> None:
+    """Brightness texture (fur, fabric) is still one colour, not "multi-coloured"."""
+    rng = np.random.default_rng(0)
+    shade = np.clip(1 + 0.2 * rng.standard_normal((240, 320, 1)), 0.5, 1.5)
+    pixels = np.clip(np.array([139, 69, 19]) * shade, 0, 255).astype(np.uint8)
+    assert colors.top1(Image.fromarray(pixels), point=(160, 120)) == "brown"
+
+
 def test_colors_crop_is_clipped_at_the_corner(colors: Folder) -> None:
     """A point at the image edge crops what exists instead of padding with another colour."""
     assert colors.top1(solid((0, 0, 128)), point=(0, 0)) == "navy"

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from modelhost.errors import InvalidInput, TooLarge, UnsupportedMedia
-from modelhost.inputs.images import Region, crop_box, to_tensor
-from modelhost.types import Preprocessing
+from modelhost.inputs.images import crop_box, to_tensor
+from modelhost.types import Preprocessing, Region
 
 from ..support import halves, image_bytes
 

@@ -16,30 +16,33 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ModelhostError, Timeout, Unavailable
+from ..errors import ModelhostError, Timeout, Unavailable, from_code
+from ..types import Region
 from ..workers.pool import ModelPool
 
 
 @dataclass
 class BatchOutput:
-    """One request's row of a batch result."""
+    """One request's row of a batch result, with where its time went."""
 
     row: np.ndarray
     queue_ms: float
+    decode_ms: float
     inference_ms: float
     batch_size: int
 
 
 @dataclass
 class _Item:
-    tensor: np.ndarray
+    data: bytes
+    region: Region
     deadline: float
     enqueued: float
     future: asyncio.Future = field(repr=False)
 
 
 class Batcher:
-    """Queues single samples and sends them to ``pool`` in batches."""
+    """Queues single images and sends them to ``pool`` in batches."""
 
     def __init__(self, pool: ModelPool, *, max_batch_size: int, max_delay_ms: float,
                  max_queue: int) -> None:
@@ -63,13 +66,13 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def submit(self, tensor: np.ndarray, deadline: float) -> BatchOutput:
-        """Queue one sample and wait for its output; 503 when the queue is full."""
+    async def submit(self, data: bytes, region: Region, deadline: float) -> BatchOutput:
+        """Queue one encoded image and wait for its output; 503 when the queue is full."""
         if len(self._items) >= self._max_queue:
             raise Unavailable("the server is at capacity; try again shortly", "overloaded",
                               retry_after=1.0)
         loop = asyncio.get_running_loop()
-        item = _Item(tensor, deadline, loop.time(), loop.create_future())
+        item = _Item(data, region, deadline, loop.time(), loop.create_future())
         self._items.append(item)
         self._wake.set()
         try:
@@ -118,28 +121,35 @@ class Batcher:
         return items
 
     def _send(self, worker, items: list[_Item]) -> None:
-        batch = np.stack([item.tensor for item in items])
+        images = [(item.data, item.region) for item in items]
         sent = asyncio.get_running_loop().time()
-        future = self._pool.submit(worker, batch, max(item.deadline for item in items))
+        future = self._pool.submit(worker, images, max(item.deadline for item in items))
         future.add_done_callback(lambda done: self._deliver(items, sent, done))
 
     @staticmethod
     def _deliver(items: list[_Item], sent: float, done: asyncio.Future) -> None:
-        error = (
-            Unavailable("the server is shutting down", "draining")
-            if done.cancelled() else done.exception()
-        )
-        output, inference_ms = (None, 0.0) if error else done.result()
+        if done.cancelled():
+            error: BaseException | None = Unavailable("the server is shutting down", "draining")
+        else:
+            error = done.exception()
+        if error is not None:
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        result, output = done.result()
+        rows = dict(zip(result.ok, output, strict=True))
+        failures = {index: from_code(code, message) for index, code, message in result.errors}
         for index, item in enumerate(items):
             if item.future.done():
                 continue
-            if error is not None:
-                item.future.set_exception(error)
-            else:
-                queue_ms = (sent - item.enqueued) * 1000
-                item.future.set_result(
-                    BatchOutput(output[index], queue_ms, inference_ms, len(items))
-                )
+            if index in failures:
+                item.future.set_exception(failures[index])
+                continue
+            item.future.set_result(BatchOutput(
+                rows[index], (sent - item.enqueued) * 1000, result.decode_ms[index],
+                result.inference_ms, len(items),
+            ))
 
     def _fail_all(self, error: ModelhostError) -> None:
         while self._items:

@@ -13,13 +13,13 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from ..inputs.images import Region, to_tensor
+from ..inputs.images import to_tensor
 from ..postprocess import probabilities, top_k
 from ..preprocessing import resolve
 from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, load_runtime
 from ..settings import Settings
-from ..types import ModelSpec
+from ..types import ModelSpec, Region
 
 console = Console()
 Opt = typer.Option

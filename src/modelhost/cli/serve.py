@@ -35,7 +35,6 @@ def serve(
     threads: Annotated[int | None, Opt(help="ONNX Runtime threads per worker.")] = None,
     max_batch_size: Annotated[int | None, Opt(help="Largest batch.")] = None,
     max_delay_ms: Annotated[float | None, Opt(help="Wait this long for a fuller batch.")] = None,
-    decode_threads: Annotated[int | None, Opt(help="Image decoding threads [2].")] = None,
     drain_grace: Annotated[float | None, Opt(help="Seconds to finish requests on SIGTERM.")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,

@@ -24,9 +24,9 @@ from ..errors import (
     RequestTimeout,
     UnsupportedMedia,
 )
-from ..inputs.images import Region
 from ..inputs.sources import RemoteUrl, ServerPath, Source, Upload
 from ..service import PredictRequest
+from ..types import Region
 
 MAX_TOP_K = 1000
 _OPTION_NAMES = ("top_k", "x", "y", "crop")

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InvalidInput, TooLarge, UnsupportedMedia
-from ..types import Preprocessing
+from ..types import Preprocessing, Region
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 DEFAULT_POINT_CROP = 0.25
@@ -37,15 +36,6 @@ _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90°
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
 
 
-@dataclass(frozen=True)
-class Region:
-    """Where to look: a point in the upright image's pixels and a crop fraction (0 = whole)."""
-
-    x: float | None = None
-    y: float | None = None
-    crop: float | None = None
-
-
 def to_tensor(data: bytes, prep: Preprocessing, region: Region, max_pixels: int) -> np.ndarray:
     """Decode ``data`` and return one preprocessed sample (no batch axis)."""
     image = _open(data, max_pixels)
@@ -58,6 +48,16 @@ def to_tensor(data: bytes, prep: Preprocessing, region: Region, max_pixels: int)
     finally:
         image.close()
     return _normalise(resized, prep)
+
+
+def check(data: bytes, region: Region, default_crop: float, max_pixels: int) -> None:
+    """Reject what can be rejected from the header alone (format, pixel count, a point outside
+    the image) before the image joins a batch; decoding happens later, in the model's worker."""
+    image = _open(data, max_pixels)
+    try:
+        crop_box(_upright_size(image)[0], region, default_crop)
+    finally:
+        image.close()
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

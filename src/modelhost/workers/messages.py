@@ -1,8 +1,8 @@
 """The typed process boundary between the server and its workers.
 
-A frame is ``[4-byte header length][pickled header dataclass][raw tensor bytes]``: the small
-header is pickled, the tensor travels as its raw buffer and is rebuilt with ``np.frombuffer``
-without a copy (pickling an ndarray would copy it once more). Errors cross as ``(code, message)``
+A frame is ``[4-byte header length][pickled header dataclass][raw payload]``: the small header
+is pickled; the payload (a batch's encoded images, or a result tensor) travels as raw bytes and
+is read without a copy (``np.frombuffer``/``memoryview``). Errors cross as ``(code, message)``
 records, never as pickled exception objects.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..types import ModelInfo, ModelSpec
+from ..types import ModelInfo, ModelSpec, Region
 
 _LEN = struct.Struct("<I")
 
@@ -25,6 +25,7 @@ class Start:
 
     spec: ModelSpec
     threads: int
+    max_pixels: int
 
 
 @dataclass(frozen=True)
@@ -45,22 +46,34 @@ class LoadFailed:
 
 
 @dataclass(frozen=True)
+class Item:
+    """One image of a batch: its bytes are ``payload[start:end]``; ``region`` is where to look."""
+
+    start: int
+    end: int
+    region: Region
+
+
+@dataclass(frozen=True)
 class Batch:
-    """Server → worker: run this batch (tensor follows, or lies in shared memory ``shm``)."""
+    """Server → worker: decode and run these images (payload follows, or lies in ``shm``)."""
 
     batch_id: int
-    dtype: str
-    shape: tuple[int, ...]
+    items: tuple[Item, ...]
     shm: str = ""
 
 
 @dataclass(frozen=True)
 class Result:
-    """Worker → server: the first output of a batch (tensor follows)."""
+    """Worker → server: output rows for the items listed in ``ok`` (tensor follows), and a
+    ``(index, code, message)`` record for each item that could not be decoded."""
 
     batch_id: int
     dtype: str
     shape: tuple[int, ...]
+    ok: tuple[int, ...]
+    errors: tuple[tuple[int, str, str], ...]
+    decode_ms: tuple[float, ...]
     inference_ms: float
 
 
@@ -81,18 +94,21 @@ class Stop:
 Message = Start | Ready | LoadFailed | Batch | Result | BatchFailed | Stop
 
 
-def encode(header: Message, tensor: np.ndarray | None = None) -> bytes:
-    """One frame: the header, then the tensor's raw bytes if any."""
+def encode(header: Message, payload: bytes | np.ndarray | None = None) -> bytes:
+    """One frame: the header, then the payload's raw bytes if any."""
     head = pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL)
-    body = b"" if tensor is None else memoryview(np.ascontiguousarray(tensor)).cast("B")
-    return b"".join((_LEN.pack(len(head)), head, body))
+    if isinstance(payload, np.ndarray):
+        payload = memoryview(np.ascontiguousarray(payload).reshape(-1).view(np.uint8))
+    return b"".join((_LEN.pack(len(head)), head, payload or b""))
 
 
-def decode(frame: bytes) -> tuple[Message, np.ndarray | None]:
-    """Split a frame into its header and (for Batch and Result) a zero-copy tensor view."""
+def decode(frame: bytes) -> tuple[Message, memoryview]:
+    """Split a frame into its header and a zero-copy view of its payload."""
     (size,) = _LEN.unpack_from(frame)
     header = pickle.loads(frame[_LEN.size : _LEN.size + size])
-    if isinstance(header, Batch | Result) and not getattr(header, "shm", ""):
-        data = memoryview(frame)[_LEN.size + size :]
-        return header, np.frombuffer(data, dtype=header.dtype).reshape(header.shape)
-    return header, None
+    return header, memoryview(frame)[_LEN.size + size :]
+
+
+def tensor(header: Result, payload: memoryview) -> np.ndarray:
+    """The result tensor a Result frame carries."""
+    return np.frombuffer(payload, dtype=header.dtype).reshape(header.shape)

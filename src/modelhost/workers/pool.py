@@ -24,11 +24,21 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 from ..errors import InternalError, ModelhostError, Unavailable
-from ..types import ModelInfo, ModelSpec
-from .messages import Batch, BatchFailed, LoadFailed, Ready, Result, Start, Stop, decode, encode
+from ..types import ModelInfo, ModelSpec, Region
+from .messages import (
+    Batch,
+    BatchFailed,
+    Item,
+    LoadFailed,
+    Ready,
+    Result,
+    Start,
+    Stop,
+    decode,
+    encode,
+    tensor,
+)
 from .shm import SHM_MIN_BYTES, SlotPool
 
 log = logging.getLogger("modelhost.workers")
@@ -46,9 +56,10 @@ class LoadError(Exception):
 class Worker:
     """One worker process, seen from the server."""
 
-    def __init__(self, spec: ModelSpec, threads: int) -> None:
+    def __init__(self, spec: ModelSpec, threads: int, max_pixels: int) -> None:
         self.spec = spec
         self._threads = threads
+        self._max_pixels = max_pixels
         self._loop = asyncio.get_running_loop()
         self._inflight: dict[int, tuple[asyncio.Future, float]] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -77,7 +88,7 @@ class Worker:
             )
         self.pid = self._process.pid
         reader, self._writer = await asyncio.open_connection(sock=ours)
-        self._send(encode(Start(self.spec, self._threads)))
+        self._send(encode(Start(self.spec, self._threads, self._max_pixels)))
         self._reading = self._loop.create_task(self._read_frames(reader))
         try:
             return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
@@ -87,17 +98,23 @@ class Worker:
                 f"{self.spec.path.name}: loading took longer than {timeout:g}s"
             ) from None
 
-    def submit(self, batch: np.ndarray, deadline: float) -> asyncio.Future:
-        """Send one batch; the future resolves to (output, inference_ms)."""
+    def submit(self, images: list[tuple[bytes, Region]], deadline: float) -> asyncio.Future:
+        """Send encoded images to decode and run; the future resolves to
+        ``(Result, output rows)``."""
         batch_id = next(_batch_ids)
         future = self._loop.create_future()
         self._inflight[batch_id] = (future, deadline)
-        if batch.nbytes >= SHM_MIN_BYTES:
-            slot = self._slots.write(batch)
+        items, offset = [], 0
+        for data, region in images:
+            items.append(Item(offset, offset + len(data), region))
+            offset += len(data)
+        parts = [data for data, _ in images]
+        if offset >= SHM_MIN_BYTES:
+            slot = self._slots.write(parts, offset)
             self._slot_of[batch_id] = slot
-            self._send(encode(Batch(batch_id, str(batch.dtype), batch.shape, slot.name)))
+            self._send(encode(Batch(batch_id, tuple(items), slot.name)))
         else:
-            self._send(encode(Batch(batch_id, str(batch.dtype), batch.shape), batch))
+            self._send(encode(Batch(batch_id, tuple(items)), b"".join(parts)))
         return future
 
     def _send(self, frame: bytes) -> None:
@@ -141,10 +158,10 @@ class Worker:
     # -- event loop side -----------------------------------------------------------------
 
     def _on_frame(self, frame: bytes) -> None:
-        header, tensor = decode(frame)
+        header, payload = decode(frame)
         match header:
-            case Result(batch_id=batch_id, inference_ms=ms):
-                self._settle(batch_id, result=(tensor, ms))
+            case Result(batch_id=batch_id):
+                self._settle(batch_id, result=(header, tensor(header, payload)))
             case BatchFailed(batch_id=batch_id, message=message):
                 log.error("model %s failed on a batch: %s", self.spec.name, message)
                 self._settle(batch_id, error=InternalError("the model failed on this input",
@@ -191,8 +208,10 @@ class Worker:
 class ModelPool:
     """All worker processes of one model: dispatch to the least busy, restart the dead."""
 
-    def __init__(self, spec: ModelSpec, replicas: int, threads: int, start_timeout: float) -> None:
+    def __init__(self, spec: ModelSpec, replicas: int, threads: int, start_timeout: float,
+                 max_pixels: int) -> None:
         self.spec = spec
+        self._max_pixels = max_pixels
         self._replicas = replicas
         self._threads = threads
         self._start_timeout = start_timeout
@@ -211,7 +230,9 @@ class ModelPool:
     async def start(self) -> ModelInfo:
         """Start every replica; raise LoadError if any fails (the others are stopped)."""
         started = time.perf_counter()
-        workers = [Worker(self.spec, self._threads) for _ in range(self._replicas)]
+        workers = [
+            Worker(self.spec, self._threads, self._max_pixels) for _ in range(self._replicas)
+        ]
         results = await asyncio.gather(
             *(w.start(self._start_timeout) for w in workers), return_exceptions=True
         )
@@ -242,8 +263,9 @@ class ModelPool:
             self._changed.clear()
             await self._changed.wait()
 
-    def submit(self, worker: Worker, batch: np.ndarray, deadline: float) -> asyncio.Future:
-        future = worker.submit(batch, deadline)
+    def submit(self, worker: Worker, images: list[tuple[bytes, Region]],
+               deadline: float) -> asyncio.Future:
+        future = worker.submit(images, deadline)
         future.add_done_callback(lambda _: self._changed.set())
         return future
 
@@ -266,7 +288,7 @@ class ModelPool:
             worker = self._workers[slot]
             assert worker is not None
             born = time.monotonic()
-            exitcode = await worker.exited
+            exitcode = await asyncio.shield(worker.exited)  # cancelling us must not cancel it
             if self._stopping:
                 return
             self._changed.set()
@@ -283,7 +305,7 @@ class ModelPool:
     async def _restart(self, backoff: float) -> Worker:
         while True:
             await asyncio.sleep(backoff)
-            worker = Worker(self.spec, self._threads)
+            worker = Worker(self.spec, self._threads, self._max_pixels)
             try:
                 await worker.start(self._start_timeout)
                 return worker

@@ -1,10 +1,9 @@
-"""Shared-memory slots for large batches.
+"""Shared-memory slots for large batch payloads.
 
-Measured round trips to a worker process here (``benchmarks/ipc.py``): a 1×3×9×9 tensor takes
-0.06 ms through the socket and 0.12 ms through shared memory; one 224×224 image 0.36 vs 0.26 ms;
-a batch of eight 224×224 images 16.8 vs 0.8 ms. So tensors of at least
-:data:`SHM_MIN_BYTES` travel in a shared-memory slot and only a small header goes through the
-socket; smaller ones stay inline.
+Measured round trips to a worker process here (``benchmarks/ipc.py``): 972 bytes take 0.06 ms
+through the socket and 0.12 ms through shared memory; 600 KB 0.36 vs 0.26 ms; 4.8 MB 16.8 vs
+0.8 ms. So payloads of at least :data:`SHM_MIN_BYTES` travel in a shared-memory slot and only a
+small header goes through the socket; smaller ones stay inline.
 
 A slot belongs to one batch from submit until its result (or the worker's death), so the
 server never writes into memory the worker is reading. Each worker needs at most as many slots
@@ -14,9 +13,8 @@ as batches it can have in flight.
 from __future__ import annotations
 
 import collections
+import contextlib
 from multiprocessing import resource_tracker, shared_memory
-
-import numpy as np
 
 SHM_MIN_BYTES = 128 * 1024
 
@@ -28,17 +26,20 @@ class SlotPool:
         self._free: list[shared_memory.SharedMemory] = []
         self._all: list[shared_memory.SharedMemory] = []
 
-    def write(self, batch: np.ndarray) -> shared_memory.SharedMemory:
-        """Copy ``batch`` into a free slot big enough for it (made or grown as needed)."""
-        slot = next((s for s in self._free if s.size >= batch.nbytes), None)
+    def write(self, parts: list[bytes], size: int) -> shared_memory.SharedMemory:
+        """Copy ``parts`` (``size`` bytes in all) into a free slot big enough for them."""
+        slot = next((s for s in self._free if s.size >= size), None)
         if slot is None:
-            if self._free:  # too small for this batch: replace it
+            if self._free:  # too small for this payload: replace it
                 self._discard(self._free.pop())
-            slot = shared_memory.SharedMemory(create=True, size=batch.nbytes)
+            slot = shared_memory.SharedMemory(create=True, size=size)
             self._all.append(slot)
         else:
             self._free.remove(slot)
-        np.ndarray(batch.shape, batch.dtype, buffer=slot.buf)[...] = batch
+        offset = 0
+        for part in parts:
+            slot.buf[offset : offset + len(part)] = part
+            offset += len(part)
         return slot
 
     def release(self, slot: shared_memory.SharedMemory) -> None:
@@ -64,7 +65,7 @@ class Attachments:
         )
         self._keep = keep
 
-    def view(self, name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    def view(self, name: str, size: int) -> memoryview:
         slot = self._open.get(name)
         if slot is None:
             slot = shared_memory.SharedMemory(name)
@@ -73,6 +74,7 @@ class Attachments:
             resource_tracker.unregister(slot._name, "shared_memory")
             self._open[name] = slot
             while len(self._open) > self._keep:
-                self._open.popitem(last=False)[1].close()
+                with contextlib.suppress(BufferError):  # a view of it may still be alive
+                    self._open.popitem(last=False)[1].close()
         self._open.move_to_end(name)
-        return np.ndarray(shape, dtype, buffer=slot.buf)
+        return slot.buf[:size]
