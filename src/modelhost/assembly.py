@@ -46,8 +46,12 @@ def demo_specs(cache_dir: Path) -> list[ModelSpec]:
     if not (target / "model.onnx").exists():
         log.info("converting the EfficientNet-Lite0 demo to ONNX (once) into %s", target)
         # A subprocess, so that torch never loads in the server process.
-        subprocess.run([sys.executable, "-m", "modelhost.demo.imagenet", str(target)],
-                       check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "modelhost.demo.imagenet", str(target)],
+                              stdout=subprocess.DEVNULL, check=False)
+        if done.returncode != 0:
+            log.error("converting the imagenet demo failed (exit %s); serving the others",
+                      done.returncode)
+            return specs
     return [*load_repository(target), *specs]
 
 
