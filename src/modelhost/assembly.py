@@ -52,7 +52,18 @@ def demo_specs(cache_dir: Path) -> list[ModelSpec]:
             log.error("converting the imagenet demo failed (exit %s); serving the others",
                       done.returncode)
             return specs
+    _refresh_config(target)
     return [*load_repository(target), *specs]
+
+
+def _refresh_config(target: Path) -> None:
+    """Keep a converted demo's modelhost.toml current when modelhost's defaults change
+    (the conversion itself is kept: it only depends on the weights)."""
+    from .demo.imagenet import TOML  # no torch at import: torch loads inside convert()
+
+    config = target / "modelhost.toml"
+    if config.read_text() != TOML:
+        config.write_text(TOML)
 
 
 def build_service(settings: Settings, specs: list[ModelSpec]) -> tuple[PredictionService, Metrics]:

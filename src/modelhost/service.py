@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from .batching.batcher import Batcher
-from .errors import InvalidInput, ModelhostError, NotFound, Timeout, Unavailable
+from .errors import ModelhostError, NotFound, Timeout, Unavailable
 from .inputs.images import check
 from .inputs.sources import Source, SourceReader
 from .metrics import Metrics
@@ -288,5 +288,3 @@ def _summary(model: ServedModel) -> dict:
         "workers": model.pool.ready_workers,
     }
 
-
-__all__ = ["InvalidInput", "PredictRequest", "PredictionService", "ServedModel"]
