@@ -55,7 +55,8 @@ def check(data: bytes, region: Region, default_crop: float, max_pixels: int) -> 
     the image) before the image joins a batch; decoding happens later, in the model's worker."""
     image = _open(data, max_pixels)
     try:
-        crop_box(_upright_size(image)[0], region, default_crop)
+        if region != Region():  # the EXIF lookup costs; only a crop needs the upright size
+            crop_box(_upright_size(image)[0], region, default_crop)
     finally:
         image.close()
 
