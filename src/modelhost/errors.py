@@ -37,9 +37,6 @@ class ModelhostError(Exception):
         self.code = code or self.default_code
         self.retry_after = retry_after
 
-    def __reduce__(self):  # keep pickling simple in case an error is ever queued
-        return (type(self), (self.message, self.code, self.retry_after))
-
 
 class MalformedRequest(ModelhostError):
     status, default_code = 400, "malformed_request"

@@ -129,3 +129,35 @@ def test_full_queue_is_503_overloaded_with_retry_after(tmp_path):
         assert server.client.get("/healthz").status_code == 200
     finally:
         assert server.stop() == 0
+
+
+def test_a_corrupt_image_never_fails_the_good_ones_in_its_batch(tmp_path):
+    rgb_model(tmp_path / "repo" / "rgb", size=32)
+    server = start_server([str(tmp_path / "repo"), "--max-batch-size", "8"], tmp_path)
+    good = solid((0, 255, 0), (300, 200), fmt="PNG")
+    bad = good[: len(good) // 2]  # a PNG whose header is fine and whose data ends early
+
+    def send(index: int) -> tuple[str, httpx.Response]:
+        kind = "bad" if index % 3 == 0 else "good"
+        response = httpx.post(f"{server.url}/api/models/rgb/predict",
+                              files={"image": ("x.png", bad if kind == "bad" else good)},
+                              timeout=30)
+        return kind, response
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(send, range(240)))
+        for kind, response in results:
+            if kind == "good":
+                assert response.status_code == 200, response.text
+                assert response.json()["predictions"][0]["label"] == "green"
+            else:
+                assert response.status_code == 422, response.text
+                assert response.json()["error"]["code"] == "image_decode_failed"
+        metrics = server.client.get("/metrics").text
+        count = float(metrics.split('modelhost_batch_size_count{model="rgb"} ')[1].split()[0])
+        total = float(metrics.split('modelhost_batch_size_sum{model="rgb"} ')[1].split()[0])
+        assert total / count > 1.0  # requests really shared batches
+        assert 'modelhost_worker_restarts_total{model="rgb"} 0.0' in metrics
+    finally:
+        assert server.stop() == 0
