@@ -277,7 +277,7 @@ def test_imagenet_folder(imagenet: Folder) -> None:
     assert spec == {"size": [224, 224], "layout": "NCHW", "scaling": "inception128",
                     "resize": 256, "resample": "bicubic"}  # fmt: skip
     assert imagenet.config["output"]["kind"] == "logits"
-    assert imagenet.config["batching"]["max_batch_size"] == 8
+    assert imagenet.config["batching"]["max_batch_size"] == 1
     assert imagenet.config["workers"] == {"replicas": 2, "threads": 1}
     assert len(imagenet.labels) == len(set(imagenet.labels)) == 1000
     assert imagenet.labels[:2] == ["tench", "goldfish"]

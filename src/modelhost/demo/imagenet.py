@@ -52,12 +52,13 @@ kind = "logits"
 top_k = 5
 
 [batching]
-max_batch_size = 8
+# Measured on 2 cores (docs/benchmarks.md): batches do not pay for this model here; at
+# concurrency 16, max_batch_size 1 served 96 req/s, 2 87, 8 89.
+max_batch_size = 1
 
 [workers]
-# Measured on 2 cores (docs/benchmarks.md): two single-threaded workers, each decoding its own
-# images, serve 77 req/s at concurrency 16; one worker with 2 threads 35; two with 2 threads
-# each (oversubscribed) 43.
+# Two single-threaded workers, each decoding its own images, served 77 req/s at concurrency
+# 16; one worker with 2 threads 35; two with 2 threads each (oversubscribed) 43.
 replicas = 2
 threads = 1
 """
