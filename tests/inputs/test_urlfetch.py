@@ -513,7 +513,7 @@ def test_non_public_addresses(address: str) -> None:
 
 def make_cert(tmp_path: Path, name: str) -> tuple[Path, Path]:
     """A self-signed certificate for DNS name ``name`` (PEM files: cert, key)."""
-    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
