@@ -11,14 +11,18 @@ from .. import __version__
 from ..metrics import Metrics
 from ..service import PredictionService
 from ..settings import Settings
-from . import errors, pages, routes_models, routes_ops, routes_predict
+from . import errors, pages, routes_feedback, routes_models, routes_ops, routes_predict
 from .middleware import BodyLimit, RequestContext
 from .responses import JSON
 
 
 def create_app(service: PredictionService, metrics: Metrics, settings: Settings) -> FastAPI:
+    prediction_log = service.prediction_log
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if prediction_log is not None:
+            await prediction_log.start()
         loading = asyncio.create_task(service.start())  # serve /healthz while models load
         try:
             yield
@@ -26,6 +30,8 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await service.stop()
+            if prediction_log is not None:  # after the drain: every answered record is in
+                await prediction_log.stop()
 
     app = FastAPI(
         title="modelhost",
@@ -39,6 +45,8 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
     errors.install(app)
     app.include_router(routes_predict.router(service, metrics, settings))
     app.include_router(routes_models.router(service))
+    app.include_router(routes_feedback.router(service, prediction_log,
+                                              allow_new_labels=settings.allow_new_labels))
     app.include_router(routes_ops.router(service, metrics))
     app.include_router(pages.router())
     app.mount("/static", pages.static_files(), name="static")
