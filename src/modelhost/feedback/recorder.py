@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ class PredictionLog:
         self._stored_through = 0  # every segment up to this number is in the database
         self._rejected: set[int] = set()  # ... except these, which it refused
         self._migrated = False
+        self._migrating = threading.Lock()  # a lookup and the writer may both be first
         self.available = True
         self.last_error: str | None = None
         self._retry_at = 0.0
@@ -73,7 +75,12 @@ class PredictionLog:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the writer; it first stores what an earlier run left in the journal."""
+        """Bring the schema up to date (if the database answers), then start the writer; it
+        first stores what an earlier run left in the journal."""
+        try:
+            await asyncio.to_thread(self._ensure_schema)
+        except StoreUnavailable as exc:
+            self._went_away(str(exc))
         self._task = asyncio.create_task(self._run(), name="prediction-log")
 
     async def stop(self) -> None:
@@ -119,7 +126,7 @@ class PredictionLog:
         if found is not None:
             return found
         try:
-            row = await asyncio.to_thread(self.store.prediction, prediction_id)
+            row = await asyncio.to_thread(self._find, prediction_id)
         except StoreUnavailable:
             raise Unavailable("the prediction log database is unavailable", "db_unavailable",
                               retry_after=5.0) from None
@@ -192,9 +199,7 @@ class PredictionLog:
 
     def _store_segments(self, segments: list[Path]) -> None:
         """(thread) Store each segment in its own transaction, then delete it."""
-        if not self._migrated:
-            self.store.migrate()
-            self._migrated = True
+        self._ensure_schema()
         for path in segments:
             records = journal_files.read(path)
             try:
@@ -211,6 +216,17 @@ class PredictionLog:
             else:
                 path.unlink()
             self._stored_through = journal_files.number_of(path)
+
+    def _ensure_schema(self) -> None:
+        """(thread) Migrations run once per start, before the first read or write."""
+        with self._migrating:
+            if not self._migrated:
+                self.store.migrate()
+                self._migrated = True
+
+    def _find(self, prediction_id: str) -> dict | None:
+        self._ensure_schema()
+        return self.store.prediction(prediction_id)
 
     def _went_away(self, reason: str) -> None:
         if self.available:
