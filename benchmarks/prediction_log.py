@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop servers and PostgreSQL too
     jpeg = photo_jpeg()
     rps: dict[str, list[float]] = {"off": [], "sqlite": [], "postgresql": []}
     checks = []

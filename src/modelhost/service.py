@@ -211,8 +211,8 @@ class PredictionService:
                                 out.batch_size)
         self._record(prediction, request_id)
         if self.prediction_log is not None:
-            self.prediction_log.record(prediction, data=data, region=request.region,
-                                       client=request.client, request_id=request_id)
+            await self.prediction_log.record(prediction, data=data, region=request.region,
+                                             client=request.client, request_id=request_id)
         return prediction
 
     @contextlib.contextmanager

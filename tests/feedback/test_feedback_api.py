@@ -139,3 +139,32 @@ def test_new_labels_when_allowed_and_nothing_when_logging_is_off(model_repo, tmp
     finally:
         assert server.stop() == 0
     assert not (tmp_path / "quiet.db").exists()
+
+
+def test_images_are_kept_only_when_asked_and_old_rows_expire(model_repo, tmp_path):
+    from modelhost.feedback.store import Store
+
+    db = f"sqlite:///{tmp_path / 'log.db'}"
+    store = Store(db)
+    store.migrate()
+    old = time.time() - 3 * 86400
+    store.write([{"kind": "prediction", "id": "f" * 32, "time": old, "model": "rgb",
+                  "version": "1", "sha256": "0" * 64, "labels": ["red"], "scores": [1.0],
+                  "decode_ms": 1, "queue_ms": 0, "inference_ms": 1, "total_ms": 2,
+                  "batch_size": 1}])
+    store.close()
+    images = tmp_path / "images"
+    server = start_server([str(model_repo), "--db", db, "--store-images", str(images),
+                           "--retention-days", "1"], tmp_path)
+    try:
+        picture = solid(GREEN)
+        predict(server, GREEN)
+        sha = hashlib.sha256(picture).hexdigest()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (images / sha[:2] / sha).exists():
+            time.sleep(0.1)
+        assert (images / sha[:2] / sha).read_bytes() == picture
+        ids = {r["id"] for r in rows(db, predictions)}
+        assert "f" * 32 not in ids and len(ids) == 1  # the 3-day-old row is gone
+    finally:
+        assert server.stop() == 0
