@@ -86,6 +86,8 @@ def build_service(settings: Settings, specs: list[ModelSpec]) -> tuple[Predictio
         prediction_log=prediction_log(settings) if settings.log_predictions else None,
     )
     metrics.watch(service.state_rows)
+    if service.prediction_log is not None:
+        metrics.watch_prediction_log(service.prediction_log.state)
     return service, metrics
 
 

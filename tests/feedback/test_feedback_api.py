@@ -88,6 +88,10 @@ def test_predictions_and_feedback_are_stored_and_reported(server):
     latency = server.client.get("/api/models/rgb/latency").json()
     assert sum(b["count"] for b in latency["series"]) == 3
 
+    metrics = server.client.get("/metrics").text
+    assert "modelhost_prediction_log_database_up 1.0" in metrics
+    assert "modelhost_prediction_log_records_stored_total 7.0" in metrics  # 3 + 4 feedback
+
 
 @pytest.mark.parametrize("body, status, code", [
     ({"label": "purple"}, 422, "unknown_label"),

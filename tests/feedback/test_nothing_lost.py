@@ -163,6 +163,7 @@ def test_a_database_that_comes_later_gets_everything(model_repo, tmp_path):
         assert server.client.get("/readyz").json()["prediction_log"]["database"] == \
             "unavailable"
         assert load.failures == [] and set(load.statuses) == {202}
+        assert "modelhost_prediction_log_database_up 0.0" in server.client.get("/metrics").text
         unknown = server.client.post(f"/api/predictions/{'0' * 32}/feedback",
                                      json={"label": "red"})
         assert unknown.status_code == 503  # only the database could say whether it exists

@@ -78,6 +78,7 @@ class PredictionLog:
         self._migrated = False
         self._migrating = threading.Lock()  # a lookup and the writer may both be first
         self.available = True
+        self.stored_records = 0
         self.last_error: str | None = None
         self._retry_at = 0.0
         self._retry_wait = RETRY_MIN
@@ -108,6 +109,7 @@ class PredictionLog:
     def state(self) -> dict:
         return {"database": "ok" if self.available else "unavailable",
                 "waiting_segments": len(self.journal.closed()) if self._task else 0,
+                "stored_records": self.stored_records,
                 **({"error": self.last_error} if not self.available else {})}
 
     # -- the request path -------------------------------------------------------------------
@@ -226,6 +228,7 @@ class PredictionLog:
                 log.exception("the database refused %d records; kept in %s", len(records), kept)
             else:
                 path.unlink()
+                self.stored_records += len(records)
             self._stored_through = journal_files.number_of(path)
 
     def _ensure_schema(self) -> None:
