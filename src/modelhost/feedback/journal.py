@@ -92,10 +92,6 @@ class Journal:
         found = [p for p in self.folder.glob(f"{_PREFIX}*{_SUFFIX}") if p != current]
         return sorted(found, key=number_of)
 
-    @property
-    def current(self) -> int:
-        return self._number
-
     def _open_next(self) -> None:
         self._number += 1
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC

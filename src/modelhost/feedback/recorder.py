@@ -89,6 +89,8 @@ class PredictionLog:
     async def start(self) -> None:
         """Bring the schema up to date (if the database answers), then start the writer; it
         first stores what an earlier run left in the journal."""
+        log.info("prediction log in %s", self.store.describe(), extra={"fields": {
+            "db": self.store.describe(), "journal": str(self.journal.folder)}})
         try:
             await asyncio.to_thread(self._ensure_schema)
         except StoreUnavailable as exc:
