@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     worker_start_timeout: float = Field(
         120.0, gt=0, description="Seconds a worker may take to load and warm up."
     )
+    api_keys: Path | None = Field(
+        None, description="File of named API keys (`modelhost keys add`); None: no keys needed."
+    )
+    protect_ops: bool = Field(
+        False, description="Also require a key for /healthz, /readyz and /metrics."
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(False, description="uvicorn's access log (predictions log anyway).")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from .bench import bench
+from .keys import app as keys
 from .local import inspect, predict
 from .serve import serve
 
@@ -19,6 +20,7 @@ app.command()(serve)
 app.command()(predict)
 app.command()(inspect)
 app.command()(bench)
+app.add_typer(keys, name="keys")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from .. import logs
+from ..apikeys import KeysFileError
 from ..repository import RepositoryError
 from ..settings import Settings
 
@@ -36,6 +37,9 @@ def serve(
     max_batch_size: Annotated[int | None, Opt(help="Largest batch.")] = None,
     max_delay_ms: Annotated[float | None, Opt(help="Wait this long for a fuller batch.")] = None,
     drain_grace: Annotated[float | None, Opt(help="Seconds to finish requests on SIGTERM.")] = None,
+    api_keys: Annotated[Path | None, Opt(help="Require an API key from this file.")] = None,
+    protect_ops: Annotated[bool, Opt("--protect-ops",
+        help="Require the key for health, readiness and metrics too.")] = False,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
 ) -> None:
@@ -50,7 +54,7 @@ def serve(
 
     try:
         code = run(settings)
-    except RepositoryError as exc:
+    except (RepositoryError, KeysFileError) as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

@@ -8,10 +8,12 @@ import contextlib
 from fastapi import FastAPI
 
 from .. import __version__
+from ..apikeys import KeyRing
 from ..metrics import Metrics
 from ..service import PredictionService
 from ..settings import Settings
 from . import errors, pages, routes_models, routes_ops, routes_predict
+from .auth import ApiKeys
 from .middleware import BodyLimit, RequestContext
 from .responses import JSON
 
@@ -43,5 +45,7 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
     app.include_router(pages.router())
     app.mount("/static", pages.static_files(), name="static")
     app.add_middleware(BodyLimit, max_body=settings.max_body)
+    app.add_middleware(ApiKeys, keys=KeyRing.load(settings.api_keys) if settings.api_keys
+                       else None, protect_ops=settings.protect_ops)
     app.add_middleware(RequestContext)
     return app
