@@ -19,13 +19,15 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from .settings import ConfigError
+
 PREFIX = "mh_"
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _LINE = re.compile(r"(?P<name>\S+)\s+sha256:(?P<digest>[0-9a-f]{64})")
 MAX_SECRET_LENGTH = 256
 
 
-class KeysFileError(ValueError):
+class KeysFileError(ConfigError):
     """The keys file is missing or malformed (start-up stops with this one line)."""
 
 

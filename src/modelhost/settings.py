@@ -21,6 +21,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "modelhost"
 
 
+class ConfigError(ValueError):
+    """A setting names something unusable (a bad keys file, rate); start-up stops with it."""
+
+
 class Settings(BaseSettings):
     """The server's configuration. Each field is also ``MODELHOST_<FIELD>`` in the environment."""
 
@@ -69,6 +73,15 @@ class Settings(BaseSettings):
     )
     protect_ops: bool = Field(
         False, description="Also require a key for /healthz, /readyz and /metrics."
+    )
+    rate_limit: str | None = Field(
+        None, description="Requests per key (or client address), e.g. 20/s; None: unlimited."
+    )
+    burst: int | None = Field(
+        None, gt=0, description="Requests allowed at once above the rate (default: the rate)."
+    )
+    rate_limit_storage: str = Field(
+        "memory://", description="Where counts live: memory:// or redis://host:port/db."
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
     log_level: str = Field("info", description="debug, info, warning or error.")

@@ -9,9 +9,8 @@ import typer
 from pydantic import ValidationError
 
 from .. import logs
-from ..apikeys import KeysFileError
 from ..repository import RepositoryError
-from ..settings import Settings
+from ..settings import ConfigError, Settings
 
 Opt = typer.Option
 
@@ -40,6 +39,10 @@ def serve(
     api_keys: Annotated[Path | None, Opt(help="Require an API key from this file.")] = None,
     protect_ops: Annotated[bool, Opt("--protect-ops",
         help="Require the key for health, readiness and metrics too.")] = False,
+    rate_limit: Annotated[str | None, Opt(help="Per key or address, e.g. 20/s.")] = None,
+    burst: Annotated[int | None, Opt(help="Requests allowed at once [the rate].")] = None,
+    rate_limit_storage: Annotated[str | None, Opt(
+        help="memory:// or redis://host:port (shared by replicas).")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
 ) -> None:
@@ -54,7 +57,7 @@ def serve(
 
     try:
         code = run(settings)
-    except (RepositoryError, KeysFileError) as exc:
+    except (RepositoryError, ConfigError) as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

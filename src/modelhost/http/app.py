@@ -15,6 +15,7 @@ from ..settings import Settings
 from . import errors, pages, routes_models, routes_ops, routes_predict
 from .auth import ApiKeys
 from .middleware import BodyLimit, RequestContext
+from .ratelimit import RateLimit, limiter_for
 from .responses import JSON
 
 
@@ -45,6 +46,7 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
     app.include_router(pages.router())
     app.mount("/static", pages.static_files(), name="static")
     app.add_middleware(BodyLimit, max_body=settings.max_body)
+    app.add_middleware(RateLimit, limiter=limiter_for(settings))
     app.add_middleware(ApiKeys, keys=KeyRing.load(settings.api_keys) if settings.api_keys
                        else None, protect_ops=settings.protect_ops)
     app.add_middleware(RequestContext)
