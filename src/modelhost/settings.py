@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     rate_limit_storage: str = Field(
         "memory://", description="Where counts live: memory:// or redis://host:port/db."
     )
+    allowed_origins: str = Field(
+        "", description="Comma-separated origins (https://host) besides the server's own that "
+        "browsers may POST from; others get 403."
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(False, description="uvicorn's access log (predictions log anyway).")

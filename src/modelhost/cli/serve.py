@@ -43,6 +43,8 @@ def serve(
     burst: Annotated[int | None, Opt(help="Requests allowed at once [the rate].")] = None,
     rate_limit_storage: Annotated[str | None, Opt(
         help="memory:// or redis://host:port (shared by replicas).")] = None,
+    allowed_origins: Annotated[str | None, Opt(
+        help="Other origins browsers may POST from (comma-separated).")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
 ) -> None:

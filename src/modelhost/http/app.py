@@ -14,6 +14,7 @@ from ..service import PredictionService
 from ..settings import Settings
 from . import errors, pages, routes_models, routes_ops, routes_predict
 from .auth import ApiKeys
+from .crosssite import SameOrigin
 from .middleware import BodyLimit, RequestContext
 from .ratelimit import RateLimit, limiter_for
 from .responses import JSON
@@ -49,5 +50,6 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
     app.add_middleware(RateLimit, limiter=limiter_for(settings))
     app.add_middleware(ApiKeys, keys=KeyRing.load(settings.api_keys) if settings.api_keys
                        else None, protect_ops=settings.protect_ops)
+    app.add_middleware(SameOrigin, allowed_origins=settings.allowed_origins)
     app.add_middleware(RequestContext)
     return app
