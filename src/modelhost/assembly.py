@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from .batching.batcher import Batcher
 from .demo import DEMO_DIR, imagenet_available
 from .http.app import create_app
+from .http.protocol import http_protocol
 from .http.server import Server
 from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
@@ -114,7 +115,7 @@ def serve(settings: Settings) -> int:
     service, metrics = build_service(settings, model_specs(settings))
     app = create_app(service, metrics, settings)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        app, host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
         lifespan="on", log_config=None, access_log=settings.access_log,
         timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
     )

@@ -87,6 +87,18 @@ class Settings(BaseSettings):
         "", description="Comma-separated origins (https://host) besides the server's own that "
         "browsers may POST from; others get 403."
     )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection has to send a request's line and headers."
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a request has to send its body once headers are in."
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest request line plus headers, in bytes."
+    )
+    max_connections_per_client: int = Field(
+        100, ge=0, description="Open connections per client address (0: no cap; behind a proxy)."
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(False, description="uvicorn's access log (predictions log anyway).")

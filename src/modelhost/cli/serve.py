@@ -45,6 +45,11 @@ def serve(
         help="memory:// or redis://host:port (shared by replicas).")] = None,
     allowed_origins: Annotated[str | None, Opt(
         help="Other origins browsers may POST from (comma-separated).")] = None,
+    header_timeout: Annotated[float | None, Opt(help="Seconds to send headers [10].")] = None,
+    body_timeout: Annotated[float | None, Opt(help="Seconds to send a request body [60].")] = None,
+    max_header_bytes: Annotated[int | None, Opt(help="Largest request headers [16 KiB].")] = None,
+    max_connections_per_client: Annotated[int | None, Opt(
+        help="Open connections per client address [100; 0: no cap].")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
 ) -> None:
