@@ -93,6 +93,7 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
         threads=settings.threads if settings.threads is not None else config.threads,
         start_timeout=settings.worker_start_timeout,
         max_pixels=settings.max_pixels,
+        memory_limit=settings.worker_memory_limit,
     )
     batcher = Batcher(
         pool,

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     max_connections_per_client: int = Field(
         100, ge=0, description="Open connections per client address (0: no cap; behind a proxy)."
     )
+    worker_memory_limit: int | None = Field(
+        None, ge=64 * 2**20, description="Address-space bytes per worker process (RLIMIT_AS); "
+        "an allocation past it fails in that worker only. None: no limit."
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(False, description="uvicorn's access log (predictions log anyway).")

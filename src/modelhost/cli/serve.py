@@ -50,6 +50,8 @@ def serve(
     max_header_bytes: Annotated[int | None, Opt(help="Largest request headers [16 KiB].")] = None,
     max_connections_per_client: Annotated[int | None, Opt(
         help="Open connections per client address [100; 0: no cap].")] = None,
+    worker_memory_limit: Annotated[int | None, Opt(
+        help="Address-space bytes per worker process [no limit].")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
 ) -> None:
