@@ -9,7 +9,8 @@ big-endian length, then the frame), so it can stay a plain blocking loop.
 
 A worker that dies fails only its in-flight batches (503 ``worker_crashed``) and
 :class:`ModelPool` restarts it with back-off; a worker that keeps a batch past its deadline is
-killed and replaced the same way.
+killed and replaced the same way. An input that was running when two workers died is
+quarantined (422 ``input_quarantined``), so a poison input cannot kill worker after worker.
 """
 
 from __future__ import annotations
