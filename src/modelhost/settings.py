@@ -87,6 +87,10 @@ class Settings(BaseSettings):
         "", description="Comma-separated origins (https://host) besides the server's own that "
         "browsers may POST from; others get 403."
     )
+    allowed_hosts: str = Field(
+        "", description="Host names the server answers to (comma-separated, * for any); by "
+        "default loopback names when bound to loopback (DNS rebinding), else any."
+    )
     header_timeout: float = Field(
         10.0, gt=0, description="Seconds a connection has to send a request's line and headers."
     )

@@ -45,6 +45,8 @@ def serve(
         help="memory:// or redis://host:port (shared by replicas).")] = None,
     allowed_origins: Annotated[str | None, Opt(
         help="Other origins browsers may POST from (comma-separated).")] = None,
+    allowed_hosts: Annotated[str | None, Opt(
+        help="Host names to answer to [loopback names when bound to loopback].")] = None,
     header_timeout: Annotated[float | None, Opt(help="Seconds to send headers [10].")] = None,
     body_timeout: Annotated[float | None, Opt(help="Seconds to send a request body [60].")] = None,
     max_header_bytes: Annotated[int | None, Opt(help="Largest request headers [16 KiB].")] = None,

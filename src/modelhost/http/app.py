@@ -15,6 +15,7 @@ from ..settings import Settings
 from . import errors, pages, routes_models, routes_ops, routes_predict
 from .auth import ApiKeys
 from .crosssite import SameOrigin
+from .hosts import HostCheck
 from .middleware import BodyLimit, RequestContext
 from .ratelimit import RateLimit, limiter_for
 from .responses import JSON
@@ -51,5 +52,6 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
     app.add_middleware(ApiKeys, keys=KeyRing.load(settings.api_keys) if settings.api_keys
                        else None, protect_ops=settings.protect_ops)
     app.add_middleware(SameOrigin, allowed_origins=settings.allowed_origins)
+    app.add_middleware(HostCheck, bind_host=settings.host, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestContext)
     return app
