@@ -82,7 +82,7 @@ def test_a_body_trickled_after_the_response_does_not_keep_the_connection(guarded
         with contextlib.suppress(ConnectionResetError, TimeoutError):
             reply = read_all(sock)
     assert time.monotonic() - started < 12, "the connection stayed open"
-    assert reply.startswith(b"HTTP/1.1 405 ") or b"HTTP/1.1" in reply
+    assert reply.startswith(b"HTTP/1.1 405 "), reply[:200]  # answered, then cut off
 
 
 def test_a_slow_body_is_cut_off_at_the_body_deadline(guarded):
