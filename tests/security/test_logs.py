@@ -40,10 +40,11 @@ def test_control_characters_in_user_input_cannot_forge_log_lines(rgb_repo, tmp_p
         c.post("/api/models/rgb/predict", files={"image": ("a\n" + FORGED, RED, "image/png")},
                data={"top_k": "1\n" + FORGED})
         # raw bytes httpx would refuse to send: control characters in the target and headers
-        raw_request(server.url, b"GET /api/models/\x1b[2J\x07 HTTP/1.1\r\nHost: x\r\n"
+        raw_request(server.url, b"GET /api/models/\x1b[2J\x07 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                 b"Connection: close\r\n\r\n")
-        raw_request(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: a\x1bb\r\n"
-                                b"User-Agent: \x1b[31m\r\nConnection: close\r\n\r\n")
+        raw_request(server.url, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                b"X-Request-ID: a\x1bb\r\nUser-Agent: \x1b[31m\r\n"
+                                b"Connection: close\r\n\r\n")
     finally:
         assert server.stop() == 0
     lines = server.log().splitlines()

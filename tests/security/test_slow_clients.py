@@ -49,7 +49,7 @@ def still_serving(server) -> None:
 def test_trickled_headers_get_408_at_the_header_deadline(guarded):
     with connect(guarded) as sock:
         started = time.monotonic()
-        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100
         try:
             for byte in head:  # one byte every 50 ms: 5+ s to send it all
                 sock.send(bytes([byte]))
@@ -72,7 +72,7 @@ def test_a_silent_connection_is_closed(guarded):
 
 def test_a_body_trickled_after_the_response_does_not_keep_the_connection(guarded):
     with connect(guarded) as sock:
-        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n")
         started = time.monotonic()
         reply = b""
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -87,7 +87,7 @@ def test_a_body_trickled_after_the_response_does_not_keep_the_connection(guarded
 
 def test_a_slow_body_is_cut_off_at_the_body_deadline(guarded):
     with connect(guarded) as sock:
-        sock.sendall(b"POST /api/models/rgb/predict HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /api/models/rgb/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: image/png\r\nContent-Length: 5000\r\n\r\n")
         started = time.monotonic()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -99,12 +99,14 @@ def test_a_slow_body_is_cut_off_at_the_body_deadline(guarded):
     still_serving(guarded)
 
 
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+
 @pytest.mark.parametrize("head", [
-    b"GET /api/models/" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2_000_000 + b"\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(5000))
-    + b"\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 17_000 + b"\r\n\r\n",  # one packet
+    b"GET /api/models/" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    HEALTHZ + b"X-Big: " + b"a" * 2_000_000 + b"\r\n\r\n",
+    HEALTHZ + b"".join(b"X-%d: a\r\n" % i for i in range(5000)) + b"\r\n",
+    HEALTHZ + b"X-A: " + b"a" * 17_000 + b"\r\n\r\n",  # in one packet
 ])
 def test_oversized_request_lines_and_headers_are_400(guarded, head):
     with connect(guarded) as sock:
@@ -122,7 +124,7 @@ def test_connections_per_client_are_capped(guarded):
     held = [connect(guarded) for _ in range(8)]
     try:
         for sock in held:  # make sure the server has accepted each of them
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         with connect(guarded) as extra:
             reply = read_all(extra)
