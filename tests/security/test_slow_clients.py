@@ -142,3 +142,15 @@ def test_connections_per_client_are_capped(guarded):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_pipelined_and_keep_alive_requests_still_work(guarded):
+    with connect(guarded) as sock:
+        sock.sendall(HEALTHZ + b"\r\n" + HEALTHZ + b"Connection: close\r\n\r\n")
+        reply = read_all(sock)
+    assert reply.count(b"HTTP/1.1 200 ") == 2
+    with connect(guarded) as sock:
+        for _ in range(3):  # one connection, requests spaced under the header deadline
+            sock.sendall(HEALTHZ + b"\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            time.sleep(1)

@@ -116,7 +116,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and self._idle():  # not if a pipelined one started
             self._awaiting_headers, self._header_bytes = True, 0
             self._arm(self.guard.header_timeout, self._headers_too_slow)
 
