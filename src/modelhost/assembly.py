@@ -20,6 +20,7 @@ from .feedback.journal import Journal, claim
 from .feedback.recorder import PredictionLog
 from .feedback.store import Store
 from .http.app import create_app
+from .http.protocol import http_protocol
 from .http.server import Server
 from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
@@ -112,6 +113,7 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
         threads=settings.threads if settings.threads is not None else config.threads,
         start_timeout=settings.worker_start_timeout,
         max_pixels=settings.max_pixels,
+        memory_limit=settings.worker_memory_limit,
     )
     batcher = Batcher(
         pool,
@@ -134,7 +136,7 @@ def serve(settings: Settings) -> int:
     service, metrics = build_service(settings, model_specs(settings))
     app = create_app(service, metrics, settings)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        app, host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
         lifespan="on", log_config=None, access_log=settings.access_log,
         timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
     )

@@ -14,7 +14,7 @@ boundary as ``(code, message)`` records and the parent rebuilds them with :func:
     ├── TooLarge                413 body_too_large | image_too_large | download_too_large
     ├── UnsupportedMedia        415 unsupported_media_type | unsupported_image_format
     ├── InvalidInput            422 invalid_parameter | image_decode_failed | url_not_allowed |
-    │                               url_fetch_failed | unknown_label
+    │                               url_fetch_failed | unknown_label | input_quarantined
     ├── RateLimited             429 rate_limited
     ├── Unavailable             503 overloaded | draining | not_ready | worker_crashed |
     │                               db_unavailable
@@ -107,6 +107,7 @@ _BY_CODE: dict[str, type[ModelhostError]] = {
     "url_not_allowed": InvalidInput,
     "url_fetch_failed": InvalidInput,
     "unknown_label": InvalidInput,
+    "input_quarantined": InvalidInput,
     "rate_limited": RateLimited,
     "overloaded": Unavailable,
     "draining": Unavailable,

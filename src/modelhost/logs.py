@@ -1,13 +1,23 @@
 """Structured JSON logs: one object per line, user-supplied text escaped by the encoder.
 
 Fields passed as ``extra={"fields": {...}}`` are merged into the line, so a prediction's log
-line carries its request id, model, version, batch size, durations and status as data.
+line carries its request id, model, version, batch size, durations and status as data. Every
+logger (uvicorn's too) goes through the one JSON formatter, so a newline or control character
+in a path, header or label can never start a forged line.
+
+Logging never fails or stalls a request: records are formatted by the caller and put on a
+bounded in-memory queue, and one thread writes them out. If the sink fails (disk full, closed
+pipe) or stalls (a pipe nobody reads), lines are dropped, not requests.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
-import sys
+import logging.handlers
+import os
+import queue
 import time
 
 import orjson
@@ -28,13 +38,54 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+QUEUE_LINES = 10_000
+
+
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Formats in the caller's thread; a full queue (stalled sink) drops the line."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(record)
+
+
+class _LineWriter:
+    """Writes formatted lines to a file descriptor from the listener thread.
+
+    Not a ``logging.Handler`` and no buffered stream: a write blocked on a stalled pipe holds no
+    lock that ``logging.shutdown`` or the interpreter's exit would wait for. Failed writes
+    (disk full, closed pipe) drop the line.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.level = logging.NOTSET
+
+    def handle(self, record: logging.LogRecord) -> None:
+        data = (record.getMessage() + "\n").encode("utf-8", "replace")
+        with contextlib.suppress(OSError):
+            while data:
+                data = data[os.write(self.fd, data):]
+
+
 def configure(level: str) -> None:
-    """Send modelhost's and uvicorn's logs to stderr as JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send modelhost's and uvicorn's logs to stderr as JSON lines, through a writer thread."""
+    logging.raiseExceptions = False  # a failing sink must not print tracebacks to itself
+    handler = _DroppingQueueHandler(queue.Queue(QUEUE_LINES))
     handler.setFormatter(JsonFormatter())
+    listener = logging.handlers.QueueListener(handler.queue, _LineWriter(os.dup(2)))
+    listener.start()  # a daemon thread: a stalled sink cannot keep the process alive
+    atexit.register(_flush, handler.queue)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+def _flush(lines: queue.Queue, within: float = 2.0) -> None:
+    """At exit, give the writer thread a moment to write what is queued (not forever)."""
+    until = time.monotonic() + within
+    while not lines.empty() and time.monotonic() < until:
+        time.sleep(0.01)

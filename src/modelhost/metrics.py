@@ -37,6 +37,10 @@ class Metrics:
             "modelhost_request_seconds", "Whole prediction time inside the server.", ["model"],
             buckets=_SECONDS, registry=r,
         )
+        self.invalid_outputs = Counter(
+            "modelhost_invalid_outputs", "Predictions refused: the model output NaN or inf.",
+            ["model"], registry=r,
+        )
         self.batch_size = Histogram(
             "modelhost_batch_size", "Requests per model batch.", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,

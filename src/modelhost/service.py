@@ -16,8 +16,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .batching.batcher import Batcher
-from .errors import ModelhostError, NotFound, Timeout, Unavailable
+from .errors import InternalError, ModelhostError, NotFound, Timeout, Unavailable
 from .feedback.recorder import PredictionLog
 from .inputs.images import check
 from .inputs.sources import Source, SourceReader
@@ -197,7 +199,12 @@ class PredictionService:
         name = model.spec.name
         try:
             check(data, request.region, model.spec.config.default_crop, self._max_pixels)
+            model.pool.refuse_poison(data)
             out = await model.batcher.submit(data, request.region, deadline)
+            if not np.isfinite(out.row).all():
+                self._metrics.invalid_outputs.labels(name).inc()
+                raise InternalError("the model returned NaN or infinite scores for this input",
+                                    "model_failed")
             probs = probabilities(out.row, model.spec.config.output_kind)
             k = request.top_k or model.spec.config.top_k
             labels = top_k(probs, model.spec.labels, k)

@@ -29,6 +29,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "modelhost"
 
 
+class ConfigError(ValueError):
+    """A setting names something unusable (a bad keys file, rate); start-up stops with it."""
+
+
 class Settings(BaseSettings):
     """The server's configuration. Each field is also ``MODELHOST_<FIELD>`` in the environment."""
 
@@ -71,6 +75,45 @@ class Settings(BaseSettings):
     )
     worker_start_timeout: float = Field(
         120.0, gt=0, description="Seconds a worker may take to load and warm up."
+    )
+    api_keys: Path | None = Field(
+        None, description="File of named API keys (`modelhost keys add`); None: no keys needed."
+    )
+    protect_ops: bool = Field(
+        False, description="Also require a key for /healthz, /readyz and /metrics."
+    )
+    rate_limit: str | None = Field(
+        None, description="Requests per key (or client address), e.g. 20/s; None: unlimited."
+    )
+    burst: int | None = Field(
+        None, gt=0, description="Requests allowed at once above the rate (default: the rate)."
+    )
+    rate_limit_storage: str = Field(
+        "memory://", description="Where counts live: memory:// or redis://host:port/db."
+    )
+    allowed_origins: str = Field(
+        "", description="Comma-separated origins (https://host) besides the server's own that "
+        "browsers may POST from; others get 403."
+    )
+    allowed_hosts: str = Field(
+        "", description="Host names the server answers to (comma-separated, * for any); by "
+        "default loopback names when bound to loopback (DNS rebinding), else any."
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection has to send a request's line and headers."
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a request has to send its body once headers are in."
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest request line plus headers, in bytes."
+    )
+    max_connections_per_client: int = Field(
+        100, ge=0, description="Open connections per client address (0: no cap; behind a proxy)."
+    )
+    worker_memory_limit: int | None = Field(
+        None, ge=64 * 2**20, description="Address-space bytes per worker process (RLIMIT_AS); "
+        "an allocation past it fails in that worker only. None: no limit."
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
     log_level: str = Field("info", description="debug, info, warning or error.")

@@ -172,3 +172,27 @@ def test_images_are_kept_only_when_asked_and_old_rows_expire(model_repo, tmp_pat
         assert "f" * 32 not in ids and len(ids) == 1  # the 3-day-old row is gone
     finally:
         assert server.stop() == 0
+
+
+def test_the_api_key_name_is_logged_never_the_secret(model_repo, tmp_path):
+    from modelhost.apikeys import add_key
+
+    keys = tmp_path / "keys.txt"
+    secret = add_key(keys, "mobile-app")
+    db = f"sqlite:///{tmp_path / 'log.db'}"
+    server = start_server([str(model_repo), "--db", db, "--api-keys", str(keys)], tmp_path)
+    try:
+        auth = {"Authorization": f"Bearer {secret}"}
+        refused = server.client.post(f"/api/predictions/{'0' * 32}/feedback",
+                                     json={"correct": True})
+        assert refused.status_code == 401
+        answer = server.client.post("/api/models/rgb/predict", content=solid(RED),
+                                    headers={"Content-Type": "image/png", **auth}).json()
+        sent = server.client.post(f"/api/predictions/{answer['id']}/feedback",
+                                  json={"correct": True}, headers={"X-API-Key": secret})
+        assert sent.status_code == 200
+    finally:
+        assert server.stop() == 0
+    assert [r["client"] for r in rows(db, predictions)] == ["mobile-app"]
+    assert [r["client"] for r in rows(db, feedback)] == ["mobile-app"]
+    assert secret not in (tmp_path / "log.db").read_bytes().decode("latin-1")

@@ -69,7 +69,7 @@ def test_private_addresses_are_refused_and_never_contacted(url_server, host):
 def test_a_client_too_slow_to_send_its_body_gets_408(strict_server):
     port = int(strict_server.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /api/models/rgb/predict HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /api/models/rgb/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: image/png\r\nContent-Length: 1000\r\n\r\n" + b"\x89PNG")
         started = time.monotonic()
         sock.settimeout(10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from .bench import bench
+from .keys import app as keys
 from .local import inspect, predict
 from .report import report
 from .serve import serve
@@ -21,6 +22,7 @@ app.command()(predict)
 app.command()(inspect)
 app.command()(bench)
 app.command()(report)
+app.add_typer(keys, name="keys")
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from .. import logs
 from ..feedback.journal import JournalBusy
 from ..feedback.store import BadDatabaseUrl
 from ..repository import RepositoryError
-from ..settings import Settings
+from ..settings import ConfigError, Settings
 
 Opt = typer.Option
 
@@ -38,6 +38,24 @@ def serve(
     max_batch_size: Annotated[int | None, Opt(help="Largest batch.")] = None,
     max_delay_ms: Annotated[float | None, Opt(help="Wait this long for a fuller batch.")] = None,
     drain_grace: Annotated[float | None, Opt(help="Seconds to finish requests on SIGTERM.")] = None,
+    api_keys: Annotated[Path | None, Opt(help="Require an API key from this file.")] = None,
+    protect_ops: Annotated[bool, Opt("--protect-ops",
+        help="Require the key for health, readiness and metrics too.")] = False,
+    rate_limit: Annotated[str | None, Opt(help="Per key or address, e.g. 20/s.")] = None,
+    burst: Annotated[int | None, Opt(help="Requests allowed at once [the rate].")] = None,
+    rate_limit_storage: Annotated[str | None, Opt(
+        help="memory:// or redis://host:port (shared by replicas).")] = None,
+    allowed_origins: Annotated[str | None, Opt(
+        help="Other origins browsers may POST from (comma-separated).")] = None,
+    allowed_hosts: Annotated[str | None, Opt(
+        help="Host names to answer to [loopback names when bound to loopback].")] = None,
+    header_timeout: Annotated[float | None, Opt(help="Seconds to send headers [10].")] = None,
+    body_timeout: Annotated[float | None, Opt(help="Seconds to send a request body [60].")] = None,
+    max_header_bytes: Annotated[int | None, Opt(help="Largest request headers [16 KiB].")] = None,
+    max_connections_per_client: Annotated[int | None, Opt(
+        help="Open connections per client address [100; 0: no cap].")] = None,
+    worker_memory_limit: Annotated[int | None, Opt(
+        help="Address-space bytes per worker process [no limit].")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
     db: Annotated[str | None, Opt(help="Prediction log database URL: sqlite:///FILE or "
@@ -67,7 +85,7 @@ def serve(
 
     try:
         code = run(settings)
-    except (RepositoryError, BadDatabaseUrl, JournalBusy) as exc:
+    except (RepositoryError, ConfigError, BadDatabaseUrl, JournalBusy) as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

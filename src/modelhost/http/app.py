@@ -8,11 +8,16 @@ import contextlib
 from fastapi import FastAPI
 
 from .. import __version__
+from ..apikeys import KeyRing
 from ..metrics import Metrics
 from ..service import PredictionService
 from ..settings import Settings
 from . import errors, pages, routes_feedback, routes_models, routes_ops, routes_predict
+from .auth import ApiKeys
+from .crosssite import SameOrigin
+from .hosts import HostCheck
 from .middleware import BodyLimit, RequestContext
+from .ratelimit import RateLimit, limiter_for
 from .responses import JSON
 
 
@@ -51,5 +56,10 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
     app.include_router(pages.router())
     app.mount("/static", pages.static_files(), name="static")
     app.add_middleware(BodyLimit, max_body=settings.max_body)
+    app.add_middleware(RateLimit, limiter=limiter_for(settings))
+    app.add_middleware(ApiKeys, keys=KeyRing.load(settings.api_keys) if settings.api_keys
+                       else None, protect_ops=settings.protect_ops)
+    app.add_middleware(SameOrigin, allowed_origins=settings.allowed_origins)
+    app.add_middleware(HostCheck, bind_host=settings.host, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestContext)
     return app

@@ -16,6 +16,7 @@ import orjson
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import (
     InvalidInput,
@@ -59,6 +60,8 @@ async def read_predict_request(request: Request, deadline: float) -> PredictRequ
             source, options = await _read_body(request)
     except TimeoutError:
         raise RequestTimeout("the request body did not arrive in time") from None
+    except ClientDisconnect:
+        raise MalformedRequest("the client closed the connection before the body ended") from None
     merged = {k: v for k, v in request.query_params.items() if k in _OPTION_NAMES}
     merged.update(options)
     return PredictRequest(source=source, region=_region(merged), top_k=_top_k(merged),

@@ -26,6 +26,7 @@ class Start:
     spec: ModelSpec
     threads: int
     max_pixels: int
+    memory_limit: int | None = None  # bytes of address space (RLIMIT_AS), set before loading
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,15 @@ big-endian length, then the frame), so it can stay a plain blocking loop.
 
 A worker that dies fails only its in-flight batches (503 ``worker_crashed``) and
 :class:`ModelPool` restarts it with back-off; a worker that keeps a batch past its deadline is
-killed and replaced the same way.
+killed and replaced the same way. An input that was running when two workers died is
+quarantined (422 ``input_quarantined``), so a poison input cannot kill worker after worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import socket
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from ..errors import InternalError, ModelhostError, Unavailable
+from ..errors import InternalError, InvalidInput, ModelhostError, Unavailable
 from ..types import ModelInfo, ModelSpec, Region
 from .messages import (
     Batch,
@@ -47,6 +49,12 @@ MAX_INFLIGHT = 2  # one batch running, one waiting in the pipe: the worker never
 HANG_GRACE = 2.0  # seconds past a batch's deadline before its worker counts as hung
 _batch_ids = itertools.count(1)
 _LENGTH = struct.Struct("!i")  # multiprocessing.connection's frame header
+QUARANTINE_AFTER = 2  # worker deaths with the same input in flight
+
+
+def digest(data: bytes) -> bytes:
+    """Identity of an input for the poison quarantine (computed only when a worker dies)."""
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class LoadError(Exception):
@@ -56,10 +64,14 @@ class LoadError(Exception):
 class Worker:
     """One worker process, seen from the server."""
 
-    def __init__(self, spec: ModelSpec, threads: int, max_pixels: int) -> None:
+    def __init__(self, spec: ModelSpec, threads: int, max_pixels: int,
+                 memory_limit: int | None = None) -> None:
         self.spec = spec
         self._threads = threads
         self._max_pixels = max_pixels
+        self._memory_limit = memory_limit
+        self._images: dict[int, list[bytes]] = {}  # in-flight inputs, suspects if it dies
+        self.suspects: set[bytes] = set()  # digests of the inputs it was running when it died
         self._loop = asyncio.get_running_loop()
         self._inflight: dict[int, tuple[asyncio.Future, float]] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -88,7 +100,8 @@ class Worker:
             )
         self.pid = self._process.pid
         reader, self._writer = await asyncio.open_connection(sock=ours)
-        self._send(encode(Start(self.spec, self._threads, self._max_pixels)))
+        self._send(encode(Start(self.spec, self._threads, self._max_pixels,
+                                self._memory_limit)))
         self._reading = self._loop.create_task(self._read_frames(reader))
         try:
             return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
@@ -104,6 +117,7 @@ class Worker:
         batch_id = next(_batch_ids)
         future = self._loop.create_future()
         self._inflight[batch_id] = (future, deadline)
+        self._images[batch_id] = [data for data, _ in images]
         items, offset = [], 0
         for data, region in images:
             items.append(Item(offset, offset + len(data), region))
@@ -173,6 +187,7 @@ class Worker:
 
     def _settle(self, batch_id: int, result=None, error: ModelhostError | None = None) -> None:
         future, _ = self._inflight.pop(batch_id, (None, 0.0))
+        self._images.pop(batch_id, None)
         slot = self._slot_of.pop(batch_id, None)
         if slot is not None:
             self._slots.release(slot)
@@ -191,6 +206,8 @@ class Worker:
             "worker_crashed",
             retry_after=1.0,
         )
+        if self._images:  # the worker runs batches in order: the oldest was running
+            self.suspects = {digest(data) for data in self._images[min(self._images)]}
         for batch_id in list(self._inflight):
             self._settle(batch_id, error=crashed)
         self._slots.close()
@@ -209,9 +226,12 @@ class ModelPool:
     """All worker processes of one model: dispatch to the least busy, restart the dead."""
 
     def __init__(self, spec: ModelSpec, replicas: int, threads: int, start_timeout: float,
-                 max_pixels: int) -> None:
+                 max_pixels: int, memory_limit: int | None = None) -> None:
         self.spec = spec
         self._max_pixels = max_pixels
+        self._memory_limit = memory_limit
+        self._deaths: dict[bytes, int] = {}  # input digest → workers that died running it
+        self.quarantined: set[bytes] = set()
         self._replicas = replicas
         self._threads = threads
         self._start_timeout = start_timeout
@@ -231,7 +251,8 @@ class ModelPool:
         """Start every replica; raise LoadError if any fails (the others are stopped)."""
         started = time.perf_counter()
         workers = [
-            Worker(self.spec, self._threads, self._max_pixels) for _ in range(self._replicas)
+            Worker(self.spec, self._threads, self._max_pixels, self._memory_limit)
+            for _ in range(self._replicas)
         ]
         results = await asyncio.gather(
             *(w.start(self._start_timeout) for w in workers), return_exceptions=True
@@ -292,6 +313,7 @@ class ModelPool:
             if self._stopping:
                 return
             self._changed.set()
+            self._note_suspects(worker.suspects)
             if time.monotonic() - born > 60:
                 backoff = 0.5
             log.warning("worker of model %s (pid %s) exited with code %s; restarting in %.1fs",
@@ -302,10 +324,29 @@ class ModelPool:
             backoff = min(backoff * 2, 30.0)
             self._changed.set()
 
+    def refuse_poison(self, data: bytes) -> None:
+        """422 ``input_quarantined`` for an input that was in flight when two workers died:
+        sending it again would only kill a third (and then every replacement)."""
+        if self.quarantined and digest(data) in self.quarantined:
+            raise InvalidInput("this input stopped the model's workers before; it is refused",
+                               "input_quarantined")
+
+    def _note_suspects(self, suspects: set[bytes]) -> None:
+        for item in suspects:
+            self._deaths[item] = self._deaths.get(item, 0) + 1
+            if self._deaths[item] >= QUARANTINE_AFTER and item not in self.quarantined:
+                self.quarantined.add(item)
+                log.error("an input stopped %d workers of model %s; quarantined",
+                          self._deaths[item], self.spec.name)
+        if len(self._deaths) > 10_000:  # bounded memory: forget the oldest one-off suspects
+            for item in list(self._deaths)[:5_000]:
+                if item not in self.quarantined:
+                    del self._deaths[item]
+
     async def _restart(self, backoff: float) -> Worker:
         while True:
             await asyncio.sleep(backoff)
-            worker = Worker(self.spec, self._threads, self._max_pixels)
+            worker = Worker(self.spec, self._threads, self._max_pixels, self._memory_limit)
             try:
                 await worker.start(self._start_timeout)
                 return worker

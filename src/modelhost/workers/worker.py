@@ -15,6 +15,7 @@ A decoder that crashes or exhausts memory takes down a worker, not the server.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import time
@@ -40,6 +41,8 @@ def main(fd: int) -> None:
     except (EOFError, OSError):
         return
     assert isinstance(start, Start)
+    if start.memory_limit:  # an allocation past it fails in this process, not the machine
+        resource.setrlimit(resource.RLIMIT_AS, (start.memory_limit, start.memory_limit))
     started = time.perf_counter()
     try:
         runtime = load_runtime(start.spec, start.threads)

@@ -1,0 +1,142 @@
+"""API keys: the keys file, the `modelhost keys add` command and the server's door."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from modelhost.apikeys import KeyRing, KeysFileError, add_key
+
+from ..support import solid, start_server, wait_until_ready
+
+RED = solid((250, 10, 10))
+
+
+def cli_add_key(path, name: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "modelhost.cli", "keys", "add", name,
+                           "--file", str(path)], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def keyed(rgb_repo, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("auth")
+    keys = tmp / "keys.txt"
+    secrets = {"alice": cli_add_key(keys, "alice"), "bob": cli_add_key(keys, "bob")}
+    server = start_server([str(rgb_repo), "--api-keys", str(keys)], tmp)
+    yield server, secrets
+    assert server.stop() == 0
+
+
+def predict(server, headers=None):
+    return server.client.post("/api/models/rgb/predict", content=RED,
+                              headers={"Content-Type": "image/png", **(headers or {})})
+
+
+def test_the_keys_file_stores_only_hashes(tmp_path):
+    path = tmp_path / "keys.txt"
+    secret = cli_add_key(path, "alice")
+    text = path.read_text()
+    assert secret.startswith("mh_") and len(secret) > 40
+    assert secret not in text and text.startswith("alice sha256:")
+    assert path.stat().st_mode & 0o777 == 0o600
+    ring = KeyRing.load(path)
+    assert ring.verify(secret) == "alice"
+    assert ring.verify(secret[:-1]) is None and ring.verify("") is None
+    assert ring.verify("x" * 10_000) is None
+
+
+def test_a_duplicate_or_bad_name_is_refused(tmp_path):
+    path = tmp_path / "keys.txt"
+    add_key(path, "ci")
+    with pytest.raises(KeysFileError, match="already exists"):
+        add_key(path, "ci")
+    with pytest.raises(KeysFileError, match="key name"):
+        add_key(path, "bad name\n")
+    done = subprocess.run([sys.executable, "-m", "modelhost.cli", "keys", "add", "ci",
+                           "--file", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "already exists" in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "holds no keys"),
+    ("alice sha256:1234\n", "expected"),
+    ("alice plain-secret\n", "expected"),
+    ("a sha256:" + "0" * 64 + "\na sha256:" + "1" * 64 + "\n", "repeated"),
+])
+def test_a_malformed_keys_file_stops_start_up_with_one_line(tmp_path, rgb_repo, content, message):
+    path = tmp_path / "keys.txt"
+    path.write_text(content)
+    with pytest.raises(KeysFileError, match=message):
+        KeyRing.load(path)
+    done = subprocess.run([sys.executable, "-m", "modelhost.cli", "serve", str(rgb_repo),
+                           "--api-keys", str(path), "--port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_no_key_or_a_wrong_key_is_401(keyed):
+    server, secrets = keyed
+    for headers in ({}, {"Authorization": "Bearer mh_wrong"}, {"X-API-Key": "mh_wrong"},
+                    {"Authorization": f"Basic {secrets['alice']}"},
+                    {"Authorization": "Bearer " + secrets["alice"] + "x"}):
+        response = predict(server, headers)
+        assert response.status_code == 401, headers
+        assert response.json()["error"]["code"] == "unauthorized"
+        assert response.headers["www-authenticate"] == 'Bearer realm="modelhost"'
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_valid_key_by_either_header_predicts(keyed):
+    server, secrets = keyed
+    for headers in ({"Authorization": f"Bearer {secrets['alice']}"},
+                    {"authorization": f"bearer {secrets['bob']}"},
+                    {"X-API-Key": secrets["bob"]}):
+        response = predict(server, headers)
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == "red"
+
+
+def test_unknown_paths_do_not_reveal_themselves_without_a_key(keyed):
+    server, secrets = keyed
+    assert server.client.get("/api/models/nope").status_code == 401
+    assert server.client.get("/api/models").status_code == 401
+    found = server.client.get("/api/models/nope", headers={"X-API-Key": secrets["alice"]})
+    assert found.status_code == 404 and found.json()["error"]["code"] == "not_found"
+
+
+def test_page_and_ops_endpoints_stay_open(keyed):
+    server, _ = keyed
+    for path in ("/", "/healthz", "/readyz", "/metrics", "/favicon.ico"):
+        assert server.client.get(path).status_code == 200, path
+
+
+def test_secrets_never_reach_the_log(keyed):
+    server, secrets = keyed
+    predict(server, {"X-API-Key": secrets["alice"]})
+    predict(server, {"Authorization": "Bearer mh_guessed_secret"})
+    log = server.log()
+    assert "unauthorized request" in log
+    assert secrets["alice"] not in log and secrets["bob"] not in log
+    assert "mh_guessed_secret" not in log
+
+
+def test_protect_ops_closes_health_and_metrics(rgb_repo, tmp_path):
+    keys = tmp_path / "keys.txt"
+    secret = cli_add_key(keys, "probe")
+    server = start_server([str(rgb_repo), "--protect-ops"], tmp_path, wait_ready=False,
+                          env={"MODELHOST_API_KEYS": str(keys)})
+    try:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            response = server.client.get(path)
+            assert response.status_code == 401, path
+        server.client.headers["X-API-Key"] = secret
+        wait_until_ready(server)
+        assert server.client.get("/healthz").status_code == 200
+        assert server.client.get("/metrics").status_code == 200
+        assert server.client.get("/").status_code == 200
+    finally:
+        assert server.stop() == 0
