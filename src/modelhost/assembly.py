@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
@@ -21,9 +22,10 @@ from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
 from .metrics import Metrics
 from .repository import load_repository
+from .runtimes.convert import prepare
 from .service import PredictionService, ServedModel
 from .settings import Settings
-from .types import ModelSpec
+from .types import ModelSpec, RuntimeOptions
 from .workers.pool import ModelPool
 
 log = logging.getLogger("modelhost")
@@ -31,9 +33,13 @@ log = logging.getLogger("modelhost")
 
 def model_specs(settings: Settings) -> list[ModelSpec]:
     """The models to serve: the given file or folder, or the demo models."""
-    if settings.models is not None:
-        return load_repository(settings.models)
-    return demo_specs(settings.cache_dir)
+    if settings.models is None:
+        return demo_specs(settings.cache_dir)
+    options = RuntimeOptions(settings.runtime, settings.trust_model_code, settings.input_name,
+                             settings.output_name)
+    specs = [replace(s, options=options)
+             for s in load_repository(settings.models, settings.format)]
+    return [prepare(s, settings.cache_dir, settings.convert_timeout) for s in specs]
 
 
 def demo_specs(cache_dir: Path) -> list[ModelSpec]:

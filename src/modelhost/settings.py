@@ -8,6 +8,7 @@ pixels and time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,5 +66,22 @@ class Settings(BaseSettings):
         120.0, gt=0, description="Seconds a worker may take to load and warm up."
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
+    format: Literal["onnx", "keras", "tf_savedmodel", "tf_frozen", "torchscript",
+                    "torch_export", "python"] | None = Field(
+        None, description="Force the model format (onnx, keras, tf_savedmodel, tf_frozen, "
+        "torchscript, torch_export, python); detected from the file if None."
+    )
+    runtime: Literal["auto", "native", "onnx"] = Field(
+        "auto", description="auto: convert Keras/TF/torch models to ONNX when verified; "
+        "native: the framework's own runtime; onnx: conversion required."
+    )
+    trust_model_code: bool = Field(
+        False, description="Allow Python code inside models (Lambda layers, pipeline.py)."
+    )
+    input_name: str | None = Field(None, description="Input tensor of a frozen TF graph.")
+    output_name: str | None = Field(None, description="Output tensor of a frozen TF graph.")
+    convert_timeout: float = Field(
+        600.0, gt=0, description="Seconds one model's conversion to ONNX may take."
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(False, description="uvicorn's access log (predictions log anyway).")

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from .. import logs
 from ..repository import RepositoryError
+from ..runtimes.convert import ConversionError
 from ..settings import Settings
 
 Opt = typer.Option
@@ -37,6 +38,15 @@ def serve(
     max_delay_ms: Annotated[float | None, Opt(help="Wait this long for a fuller batch.")] = None,
     drain_grace: Annotated[float | None, Opt(help="Seconds to finish requests on SIGTERM.")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
+    format: Annotated[str | None, Opt("--format",
+        help="Force the model format: onnx, keras, tf_savedmodel, tf_frozen, torchscript, "
+             "torch_export, python.")] = None,
+    runtime: Annotated[str | None, Opt(
+        help="auto (convert to ONNX when verified), native or onnx [auto].")] = None,
+    trust_model_code: Annotated[bool, Opt("--trust-model-code",
+        help="Allow Python code in models (Keras Lambda layers, pipeline.py).")] = False,
+    input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,
+    output_name: Annotated[str | None, Opt(help="Output tensor of a frozen TF graph.")] = None,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Serve MODELS (or the demo models) over HTTP."""
@@ -50,7 +60,7 @@ def serve(
 
     try:
         code = run(settings)
-    except RepositoryError as exc:
+    except (RepositoryError, ConversionError) as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
