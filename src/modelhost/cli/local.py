@@ -120,9 +120,12 @@ def inspect(
     console.print(tensors)
     console.print(f"ops: {', '.join(info.ops) or 'n/a'}")
     if info.graph:  # a frozen graph: every op, as the tutorials printed them to find names
-        graph = Table("op", "type", "output shape", title="graph", title_justify="left")
-        for row in info.graph:
-            graph.add_row(*row)
+        graph = Table(title="graph", title_justify="left")
+        graph.add_column("op", overflow="fold")
+        graph.add_column("type")
+        graph.add_column("output shape")
+        for name, kind, shape in info.graph:
+            graph.add_row(name, kind, shape)
         console.print(graph)
     shown = ", ".join(spec.labels[:10]) + (" …" if len(spec.labels) > 10 else "")
     console.print(f"labels ({len(spec.labels)}): {shown or 'none (indices are used)'}")

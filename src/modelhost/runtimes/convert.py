@@ -265,7 +265,12 @@ def _export_torch(source, prep: Preprocessing, path: Path) -> None:
     dummy = torch.zeros(tensor_shape(prep, 2), dtype=getattr(torch, prep.dtype))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(source.module, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+        module = source.module
+        if not isinstance(module, torch.jit.ScriptModule):
+            # An exported program's module cannot be put in train mode, which the TorchScript
+            # exporter does; a trace of it can (the dynamo exporter would need onnxscript).
+            module = torch.jit.trace(module, dummy)
+        torch.onnx.export(module, (dummy,), str(path), dynamo=False, opset_version=OPSET,
                           input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
 

@@ -49,14 +49,15 @@ class SavedModelRuntime:
         self._input, tensor = next(iter(sorted(kwargs.items())))
         outputs = self.function.structured_outputs
         self._output = sorted(outputs)[0]
+        nodes = _nodes(self.function.graph)
         self.info = ModelInfo(
             inputs=(TensorSpec(self._input, tensor.dtype.name, _shape(tensor.shape)),),
             outputs=tuple(TensorSpec(n, t.dtype.name, _shape(t.shape))
                           for n, t in sorted(outputs.items())),
-            ops=_op_counts(self.function.graph.get_operations()),
+            ops=_op_counts(nodes),
             parameters=sum(int(np.prod(v.shape)) for v in self.function.variables),
             producer="tensorflow",
-            scaling="none" if _rescales(self.function.graph) else None,
+            scaling="none" if _rescales(nodes) else None,
         )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -86,24 +87,25 @@ class FrozenGraphRuntime:
         self.input_name, self.output_name = endpoints(
             graph, spec.options.input_name, spec.options.output_name
         )
-        self._fn = wrapped.prune(graph.get_tensor_by_name(self.input_name),
-                                 graph.get_tensor_by_name(self.output_name))
+        self._fn = wrapped.prune([graph.get_tensor_by_name(self.input_name)],
+                                 [graph.get_tensor_by_name(self.output_name)])
+        self._tf = tf
         source = graph.get_tensor_by_name(self.input_name)
         sink = graph.get_tensor_by_name(self.output_name)
         operations = graph.get_operations()
         self.info = ModelInfo(
             inputs=(TensorSpec(self.input_name, source.dtype.name, _shape(source.shape)),),
             outputs=(TensorSpec(self.output_name, sink.dtype.name, _shape(sink.shape)),),
-            ops=_op_counts(operations),
+            ops=_op_counts(_nodes(graph)),
             parameters=sum(int(np.prod(op.outputs[0].shape)) for op in operations
                            if op.type == "Const" and op.outputs[0].shape.rank),
             producer="tensorflow (frozen graph)",
-            scaling="none" if _rescales(graph) else None,
+            scaling="none" if _rescales(_nodes(graph)) else None,
             graph=tuple((op.name, op.type, _shapes(op)) for op in operations),
         )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._fn(batch).numpy()
+        return self._fn(self._tf.constant(batch))[0].numpy()
 
 
 def read_graph_def(path: Path):
@@ -148,15 +150,25 @@ def _tensor_name(graph, name: str) -> str:
     return name
 
 
-def _rescales(graph) -> bool:
+def _nodes(graph) -> list[tuple[str, str]]:
+    """(name, op type) of every node, including those inside the graph's functions (a
+    SavedModel's layers live in its function library, behind one StatefulPartitionedCall)."""
+    graph_def = graph.as_graph_def()
+    nodes = [(n.name, n.op) for n in graph_def.node]
+    for function in graph_def.library.function:
+        nodes.extend((n.name, n.op) for n in function.node_def)
+    return nodes
+
+
+def _rescales(nodes: list[tuple[str, str]]) -> bool:
     """Whether a Keras Rescaling/Normalization layer survives in the graph's op names
     (a name segment like ``rescaling`` or ``normalization_1``; not ``batch_normalization``)."""
-    return any(_SCALING_SCOPE.match(part) for op in graph.get_operations()
-               for part in op.name.lower().split("/"))
+    return any(_SCALING_SCOPE.match(part) for name, _ in nodes
+               for part in name.lower().split("/"))
 
 
-def _op_counts(operations) -> tuple[str, ...]:
-    counts = Counter(op.type for op in operations)
+def _op_counts(nodes: list[tuple[str, str]]) -> tuple[str, ...]:
+    counts = Counter(op for _, op in nodes)
     return tuple(f"{name}×{n}" for name, n in counts.items())
 
 

@@ -45,7 +45,7 @@ class TorchScriptRuntime(_TorchRuntime):
         width, height = spec.config.size or (-1, -1)
         kinds = Counter(m.original_name for m in self.module.modules())
         self.info = ModelInfo(
-            inputs=(TensorSpec("input", "float32", (-1, 3, height, width)),),
+            inputs=(TensorSpec("input", "float32", (-1, _channels(self.module), height, width)),),
             outputs=(TensorSpec("output", "float32", (-1, -1)),),
             ops=tuple(f"{name}×{n}" for name, n in kinds.items()),
             parameters=sum(p.numel() for p in self.module.parameters()),
@@ -81,3 +81,11 @@ def _user_inputs(program) -> set[str]:
 
 def _dtype(value) -> str:
     return str(value.dtype).removeprefix("torch.")
+
+
+def _channels(module) -> int:
+    """The input channel count of the first convolution (3 when there is none)."""
+    for sub in module.modules():
+        if sub.original_name in ("Conv2d", "Conv2D"):
+            return int(sub.weight.shape[1])
+    return 3
