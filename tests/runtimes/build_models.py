@@ -1,6 +1,7 @@
 """Build every model format for real, with each framework's own predictions as references.
 
-Run as ``python build_models.py keras|torch|python OUT`` in a subprocess (TensorFlow and torch
+Run as ``python build_models.py keras|torch|python OUT`` in a subprocess, after
+:func:`write_images` (OUT/images) (TensorFlow and torch
 each take seconds to import and must not share the test process's warning filters). Writes the
 models into ``OUT/repo/<name>/`` and, per model, the framework's probabilities for the test
 images into ``OUT/expected/<name>.json``. The digits models are trained in seconds on
@@ -241,7 +242,6 @@ def build_python(out: Path) -> None:
     (repo / "digits_pipeline" / "modelhost.toml").write_text('[input]\nscaling = "none"\n')
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the test images must exist first (write_images)
     which, target = sys.argv[1], Path(sys.argv[2])
-    write_images(target)
     {"keras": build_keras, "torch": build_torch, "python": build_python}[which](target)
