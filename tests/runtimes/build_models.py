@@ -114,6 +114,8 @@ def build_keras(out: Path) -> None:
     lam = keras.Model(inputs, outputs)
     labels(out / "lambda" / "lambda_keras", range(10))
     lam.save(out / "lambda" / "lambda_keras" / "model.keras")
+    # Scaling hidden in Python code cannot be detected: the documented override says so.
+    (out / "lambda" / "lambda_keras" / "modelhost.toml").write_text('[input]\nscaling = "none"\n')
     expect(out, "lambda_keras", files, lam.predict(batch, verbose=0))
 
     # A real architecture with random weights, fed the `tf` preset ([-1, 1]).

@@ -165,5 +165,5 @@ def _only_model(names: list[str]):
 def _runtime(spec: ModelSpec):
     try:
         return load_runtime(spec, threads=0)
-    except (RuntimeUnavailable, UntrustedCode) as exc:
+    except (RuntimeUnavailable, UntrustedCode, ValueError, OSError) as exc:
         raise typer.BadParameter(str(exc)) from None
