@@ -3,6 +3,8 @@ user's pipeline.py (batch ``predict`` and per-image ``predict_image``)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ..support import start_server
@@ -61,8 +63,6 @@ def test_pipeline_is_refused_without_trust(built, tmp_path):
 
 
 def _wait_failed(server, model: str, timeout: float = 120) -> str:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         error = _errors(server).get(model)
