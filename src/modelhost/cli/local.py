@@ -19,6 +19,7 @@ from ..postprocess import probabilities, top_k
 from ..preprocessing import resolve
 from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, UntrustedCode, load_runtime
+from ..runtimes.convert import CONVERTIBLE
 from ..settings import Settings
 from ..types import ModelSpec, Region, RuntimeOptions
 
@@ -132,12 +133,16 @@ def inspect(
     console.print(
         f"preprocessing: {prep.size[0]}×{prep.size[1]} {prep.layout} {prep.dtype}, "
         f"{'greyscale' if prep.channels == 1 else 'BGR' if prep.bgr else 'RGB'}, "
-        f"scaling {prep.scaling}, "
+        f"scaling {prep.scaling}"
+        + (" (the model scales its own input), "
+           if info.scaling and not spec.config.scaling else ", ")
         + (f"shorter side {prep.resize} then centre crop, " if prep.resize else "stretch, ")
         + f"{prep.resample} resampling"
         + (f", default crop {prep.default_crop:g} around (x, y)" if prep.default_crop else "")
     )
     console.print(f"output: {spec.config.output_kind} (softmax unless already probabilities)")
+    if spec.format in CONVERTIBLE:
+        console.print("runtime: converted to ONNX and verified when served (--runtime auto)")
 
 
 def _load(target: Path, fmt: str | None = None) -> list[ModelSpec]:
