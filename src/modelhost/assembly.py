@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from .batching.batcher import Batcher
 from .demo import DEMO_DIR, imagenet_available
+from .download import fetch_model
 from .http.app import create_app
 from .http.server import Server
 from .inputs.sources import SourceReader
@@ -33,12 +34,14 @@ log = logging.getLogger("modelhost")
 
 def model_specs(settings: Settings) -> list[ModelSpec]:
     """The models to serve: the given file or folder, or the demo models."""
-    if settings.models is None:
+    models = settings.models
+    if settings.model_url is not None:
+        models = fetch_model(settings.model_url, settings.sha256, settings.cache_dir)
+    if models is None:
         return demo_specs(settings.cache_dir)
     options = RuntimeOptions(settings.runtime, settings.trust_model_code, settings.input_name,
                              settings.output_name)
-    specs = [replace(s, options=options)
-             for s in load_repository(settings.models, settings.format)]
+    specs = [replace(s, options=options) for s in load_repository(models, settings.format)]
     return [prepare(s, settings.cache_dir, settings.convert_timeout) for s in specs]
 
 

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     models: Path | None = Field(
         None, description="Model file or repository folder; None serves the demo models."
     )
+    model_url: str | None = Field(
+        None, description="http(s) URL of a model file, downloaded once into the cache."
+    )
+    sha256: str | None = Field(None, description="SHA-256 (hex) that model_url's file must have.")
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless opened up.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
     keep_going: bool = Field(

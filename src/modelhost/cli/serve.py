@@ -9,6 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from .. import logs
+from ..download import DownloadError, is_url
 from ..repository import RepositoryError
 from ..runtimes.convert import ConversionError
 from ..settings import Settings
@@ -17,8 +18,9 @@ Opt = typer.Option
 
 
 def serve(
-    models: Annotated[Path | None, typer.Argument(
-        help="Model file or repository folder. Without it, the demo models are served.")] = None,
+    models: Annotated[str | None, typer.Argument(
+        help="Model file, repository folder or http(s) URL of a model file (with --sha256). "
+             "Without it, the demo models are served.")] = None,
     host: Annotated[str | None, Opt(help="Address to bind [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, Opt(help="Port [default: 8000; 0 picks a free one].")] = None,
     keep_going: Annotated[bool, Opt("--keep-going",
@@ -47,10 +49,13 @@ def serve(
         help="Allow Python code in models (Keras Lambda layers, pipeline.py).")] = False,
     input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,
     output_name: Annotated[str | None, Opt(help="Output tensor of a frozen TF graph.")] = None,
+    sha256: Annotated[str | None, Opt(help="SHA-256 a model URL's file must have.")] = None,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Serve MODELS (or the demo models) over HTTP."""
     flags = {k: v for k, v in locals().items() if v is not None and v is not False}
+    if models is not None and is_url(models):
+        flags["model_url"] = flags.pop("models")
     try:
         settings = Settings(**flags)
     except ValidationError as exc:
@@ -60,7 +65,7 @@ def serve(
 
     try:
         code = run(settings)
-    except (RepositoryError, ConversionError) as exc:
+    except (RepositoryError, ConversionError, DownloadError) as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
