@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     )
     input_name: str | None = Field(None, description="Input tensor of a frozen TF graph.")
     output_name: str | None = Field(None, description="Output tensor of a frozen TF graph.")
+    watch: bool = Field(
+        False, description="Follow the model folder: load new versions, drop removed models."
+    )
     convert_timeout: float = Field(
         600.0, gt=0, description="Seconds one model's conversion to ONNX may take."
     )

@@ -50,6 +50,8 @@ def serve(
     input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,
     output_name: Annotated[str | None, Opt(help="Output tensor of a frozen TF graph.")] = None,
     sha256: Annotated[str | None, Opt(help="SHA-256 a model URL's file must have.")] = None,
+    watch: Annotated[bool, Opt("--watch",
+        help="Follow the model folder: swap in new versions, drop removed models.")] = False,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Serve MODELS (or the demo models) over HTTP."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -15,16 +16,23 @@ from . import errors, pages, routes_models, routes_ops, routes_predict
 from .middleware import BodyLimit, RequestContext
 from .responses import JSON
 
+if TYPE_CHECKING:
+    from ..watch import RepositoryWatcher
 
-def create_app(service: PredictionService, metrics: Metrics, settings: Settings) -> FastAPI:
+
+def create_app(service: PredictionService, metrics: Metrics, settings: Settings,
+               watcher: RepositoryWatcher | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         loading = asyncio.create_task(service.start())  # serve /healthz while models load
+        watching = asyncio.create_task(watcher.run()) if watcher else None  # --watch
         try:
             yield
         finally:
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
+            for task in (loading, watching):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             await service.stop()
 
     app = FastAPI(

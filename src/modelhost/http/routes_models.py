@@ -16,6 +16,7 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
         "versions": list(model.spec.versions),
         "state": model.state,
         "error": model.error,
+        "update_error": model.update_error,
         "format": model.spec.source_format or model.spec.format,
         "runtime": model.spec.runtime_note or f"{model.spec.format} runtime",
         "labels": len(model.spec.labels),
