@@ -101,3 +101,19 @@ def test_missing_framework_names_the_extra(built, tmp_path):
             '"modelhost[tensorflow]"')
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "lines"), [
+    ("digits_keras", ["digits_keras version 1 · keras · model.keras · 5,930 parameters",
+                      "ops: InputLayer×1, Rescaling×1, Conv2D×1, Flatten×1, Dense×1",
+                      "scaling none (the model scales its own input)"]),
+    ("torch_export", ["torch_export version 1 · torch_export · model.pt2 · 5,930 parameters",
+                      "8×8 NCHW float32, greyscale, scaling unit"]),
+])
+def test_inspect_reads_each_framework(built, model, lines):
+    done = _inspect(str(built / "repo" / model))
+    assert done.returncode == 0, done.stderr
+    for line in lines:
+        assert line in done.stdout
+    assert "runtime: converted to ONNX and verified when served (--runtime auto)" in done.stdout
