@@ -9,6 +9,7 @@ import hashlib
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 
 from .batching.batcher import Batcher
 from .demo import DEMO_DIR, imagenet_available
+from .download import fetch_model
 from .feedback.journal import Journal, claim
 from .feedback.recorder import PredictionLog
 from .feedback.store import Store
@@ -26,9 +28,11 @@ from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
 from .metrics import Metrics
 from .repository import load_repository
+from .runtimes.convert import prepare
 from .service import PredictionService, ServedModel
 from .settings import Settings
-from .types import ModelSpec
+from .types import ModelSpec, RuntimeOptions
+from .watch import RepositoryWatcher
 from .workers.pool import ModelPool
 
 log = logging.getLogger("modelhost")
@@ -36,9 +40,37 @@ log = logging.getLogger("modelhost")
 
 def model_specs(settings: Settings) -> list[ModelSpec]:
     """The models to serve: the given file or folder, or the demo models."""
-    if settings.models is not None:
-        return load_repository(settings.models)
-    return demo_specs(settings.cache_dir)
+    root = model_root(settings)
+    if root is None:
+        return demo_specs(settings.cache_dir)
+    return [_prepared(s, settings) for s in _scan(root, settings)]
+
+
+def model_root(settings: Settings) -> Path | None:
+    """The model file or folder to serve (a model URL downloaded first); None for the demos."""
+    if settings.model_url is not None:
+        return fetch_model(settings.model_url, settings.sha256, settings.cache_dir)
+    return settings.models
+
+
+def _scan(root: Path, settings: Settings) -> list[ModelSpec]:
+    options = RuntimeOptions(settings.runtime, settings.trust_model_code, settings.input_name,
+                             settings.output_name)
+    return [replace(s, options=options) for s in load_repository(root, settings.format)]
+
+
+def _prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:
+    return prepare(spec, settings.cache_dir, settings.convert_timeout)
+
+
+def _watcher(settings: Settings, service: PredictionService) -> RepositoryWatcher | None:
+    if not settings.watch or settings.models is None:
+        return None
+    return RepositoryWatcher(
+        settings.models, service, scan=lambda: _scan(settings.models, settings),
+        prepare=lambda spec: _prepared(spec, settings),
+        build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace,
+    )
 
 
 def demo_specs(cache_dir: Path) -> list[ModelSpec]:
@@ -128,13 +160,13 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
 def build_app(settings: Settings) -> FastAPI:
     """The app for ``settings`` (also used by tests and ASGI servers)."""
     service, metrics = build_service(settings, model_specs(settings))
-    return create_app(service, metrics, settings)
+    return create_app(service, metrics, settings, watcher=_watcher(settings, service))
 
 
 def serve(settings: Settings) -> int:
     """Run the server until it is stopped; the process exit status."""
     service, metrics = build_service(settings, model_specs(settings))
-    app = create_app(service, metrics, settings)
+    app = create_app(service, metrics, settings, watcher=_watcher(settings, service))
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
         lifespan="on", log_config=None, access_log=settings.access_log,

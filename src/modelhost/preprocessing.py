@@ -38,7 +38,9 @@ def resolve(config: ModelConfig, info: ModelInfo) -> Preprocessing:
         width if width > 0 else DEFAULT_SIZE, height if height > 0 else DEFAULT_SIZE
     )
     dtype = tensor.dtype if tensor.dtype in _IMAGE_DTYPES else "float32"
-    scaling = config.scaling or ("none" if dtype == "uint8" else "unit")
+    # modelhost.toml first; then what the model says of itself (a Keras model with its own
+    # Rescaling/Normalization layer takes 0–255 pixels); then 0–1 floats.
+    scaling = config.scaling or info.scaling or ("none" if dtype == "uint8" else "unit")
     return Preprocessing(
         size=size,
         channels=3 if channels == -1 else channels,

@@ -14,7 +14,8 @@ file and the reason.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import fields
+import zipfile
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,31 +37,33 @@ class RepositoryError(Exception):
     """A model that cannot be described: the message names the file and the reason."""
 
 
-def load_repository(root: Path) -> list[ModelSpec]:
-    """Every model under ``root`` (a file, a model folder or a folder of model folders)."""
+def load_repository(root: Path, fmt: str | None = None) -> list[ModelSpec]:
+    """Every model under ``root`` (a file, a model folder or a folder of model folders);
+    ``fmt`` forces the format (``serve --format``) where detection gets it wrong."""
     root = root.expanduser()
     if not root.exists():
         raise RepositoryError(f"{root}: no such file or folder")
     if root.is_file():
-        return [_single_file(root)]
-    if _model_file(root) or _version_dirs(root):
-        return [_model_folder(root)]
-    specs = [_model_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and _is_model(d)]
+        specs = [_single_file(root, fmt)]
+    elif _model_file(root) or _version_dirs(root):
+        specs = [_model_folder(root)]
+    else:
+        specs = [_model_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and _is_model(d)]
     if not specs:
         raise RepositoryError(f"{root}: no model files found (looked for {_known()})")
-    return specs
+    return specs if fmt is None else [replace(s, format=fmt) for s in specs]
 
 
 def _known() -> str:
-    return ", ".join(sorted(MODEL_SUFFIXES)) + ", saved_model/, model.py"
+    return ", ".join(sorted(MODEL_SUFFIXES)) + ", saved_model/, pipeline.py"
 
 
 def _is_model(folder: Path) -> bool:
     return not folder.name.startswith(".") and bool(_model_file(folder) or _version_dirs(folder))
 
 
-def _single_file(path: Path) -> ModelSpec:
-    fmt = _format_of(path)
+def _single_file(path: Path, forced: str | None) -> ModelSpec:
+    fmt = forced or _format_of(path)
     if fmt is None:
         raise RepositoryError(f"{path}: unknown model format (expected one of {_known()})")
     folder = path.parent
@@ -117,18 +120,48 @@ def _model_file(folder: Path) -> Path | None:
         return folder / "saved_model"
     if (folder / "saved_model.pb").is_file():
         return folder
-    if (folder / "model.py").is_file():
-        return folder / "model.py"
-    candidates = sorted(p for p in folder.iterdir() if p.is_file() and _format_of(p))
+    for name in ("pipeline.py", "model.py"):
+        if (folder / name).is_file():
+            return folder / name
+    candidates = sorted(p for p in folder.iterdir()
+                        if p.is_file() and p.suffix != ".py" and _format_of(p))
     return candidates[0] if len(candidates) == 1 else None
 
 
 def _format_of(path: Path) -> str | None:
+    """The format from the name, else from the first bytes (a model saved under another
+    name); None when neither tells."""
     if path.is_dir():
         return "tf_savedmodel" if (path / "saved_model.pb").exists() else None
     if path.suffix == ".py":
         return "python"
-    return MODEL_SUFFIXES.get(path.suffix.lower())
+    if path.name == "saved_model.pb":
+        return "tf_savedmodel"
+    return MODEL_SUFFIXES.get(path.suffix.lower()) or _sniff(path)
+
+
+def _sniff(path: Path) -> str | None:
+    """HDF5 → Keras; zip archives by their members (TorchScript, torch.export, .keras)."""
+    if path.suffix.lower() in (".txt", ".toml", ".json", ".md", ".csv"):
+        return None
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+        if head == b"\x89HDF\r\n\x1a\n":
+            return "keras"
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if "config.json" in names and "model.weights.h5" in names:
+        return "keras"
+    if any(n.endswith("archive_format") for n in names):
+        return "torch_export"
+    if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+        return "torchscript"
+    return None
 
 
 def _clean_name(name: str) -> str:

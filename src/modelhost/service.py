@@ -50,8 +50,9 @@ class ServedModel:
     spec: ModelSpec
     pool: ModelPool
     batcher: Batcher
-    state: str = "loading"  # loading | ready | failed
+    state: str = "loading"  # loading | ready | failed | removed
     error: str | None = None
+    update_error: str | None = None  # a newer version that failed to load (--watch)
     info: ModelInfo | None = None
     prep: Preprocessing | None = None
 
@@ -105,6 +106,37 @@ class PredictionService:
         model.batcher.start()
         log.info("model %s loaded", model.spec.name, extra={"fields": _summary(model)})
 
+    # -- live repository (--watch) ---------------------------------------------------------
+
+    async def swap(self, new: ServedModel, grace: float) -> bool:
+        """Load and warm ``new`` beside the model of that name, then switch traffic to it in
+        one step and drain the old one. If ``new`` fails, the old one keeps serving and the
+        failure is reported on /readyz and /api/models."""
+        await self._load(new)
+        old = self.models.get(new.spec.name)
+        if new.state != "ready" and old is not None and old.state == "ready":
+            old.update_error = f"version {new.spec.version} failed to load: {new.error}"
+            return False
+        self.models[new.spec.name] = new  # requests look their model up again at submit time
+        if old is not None:
+            await self._retire(old, grace)
+        return new.state == "ready"
+
+    async def remove(self, name: str, grace: float) -> None:
+        """Stop serving ``name``: new requests get 404, queued ones finish first."""
+        old = self.models.pop(name, None)
+        if old is not None:
+            old.state = "removed"
+            await self._retire(old, grace)
+
+    async def _retire(self, old: ServedModel, grace: float) -> None:
+        until = time.monotonic() + grace
+        while (old.batcher.depth or old.pool.inflight) and time.monotonic() < until:
+            await asyncio.sleep(0.02)
+        await old.batcher.stop()
+        await old.pool.stop()
+        log.info("model %s version %s stopped", old.spec.name, old.spec.version)
+
     async def drain(self, grace: float) -> None:
         """Refuse new predictions and wait (at most ``grace`` s) for in-flight ones."""
         self.lifecycle.draining = True
@@ -122,7 +154,8 @@ class PredictionService:
         """Ready only when not draining and every model has a live, warmed-up worker."""
         models = {
             name: {"state": m.state, "workers_ready": m.pool.ready_workers,
-                   **({"error": m.error} if m.error else {})}
+                   **({"error": m.error} if m.error else {}),
+                   **({"update_error": m.update_error} if m.update_error else {})}
             for name, m in self.models.items()
         }
         ready = (
@@ -197,6 +230,8 @@ class PredictionService:
                    deadline: float, timings: Timings, started: float,
                    request_id: str) -> Prediction:
         name = model.spec.name
+        model = self.models.get(name, model)  # swapped by --watch while the image was fetched
+        self._check_ready(model)
         try:
             check(data, request.region, model.spec.config.default_crop, self._max_pixels)
             model.pool.refuse_poison(data)
@@ -234,6 +269,8 @@ class PredictionService:
 
     @staticmethod
     def _check_ready(model: ServedModel) -> None:
+        if model.state == "removed":
+            raise NotFound(f"no model named {model.spec.name!r}")
         if model.state == "failed":
             raise Unavailable(f"model {model.spec.name!r} failed to load", "not_ready",
                               retry_after=30.0)

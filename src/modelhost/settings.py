@@ -8,6 +8,7 @@ pixels and time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,10 @@ class Settings(BaseSettings):
     models: Path | None = Field(
         None, description="Model file or repository folder; None serves the demo models."
     )
+    model_url: str | None = Field(
+        None, description="http(s) URL of a model file, downloaded once into the cache."
+    )
+    sha256: str | None = Field(None, description="SHA-256 (hex) that model_url's file must have.")
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless opened up.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
     keep_going: bool = Field(
@@ -116,6 +121,26 @@ class Settings(BaseSettings):
         "an allocation past it fails in that worker only. None: no limit."
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
+    format: Literal["onnx", "keras", "tf_savedmodel", "tf_frozen", "torchscript",
+                    "torch_export", "python"] | None = Field(
+        None, description="Force the model format (onnx, keras, tf_savedmodel, tf_frozen, "
+        "torchscript, torch_export, python); detected from the file if None."
+    )
+    runtime: Literal["auto", "native", "onnx"] = Field(
+        "auto", description="auto: convert Keras/TF/torch models to ONNX when verified; "
+        "native: the framework's own runtime; onnx: conversion required."
+    )
+    trust_model_code: bool = Field(
+        False, description="Allow Python code inside models (Lambda layers, pipeline.py)."
+    )
+    input_name: str | None = Field(None, description="Input tensor of a frozen TF graph.")
+    output_name: str | None = Field(None, description="Output tensor of a frozen TF graph.")
+    watch: bool = Field(
+        False, description="Follow the model folder: load new versions, drop removed models."
+    )
+    convert_timeout: float = Field(
+        600.0, gt=0, description="Seconds one model's conversion to ONNX may take."
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(False, description="uvicorn's access log (predictions log anyway).")
     db: str = Field(

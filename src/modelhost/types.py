@@ -78,8 +78,29 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeOptions:
+    """How a model is to be run, from the command line (``serve --runtime`` and friends).
+
+    ``runtime``: ``auto`` converts Keras/TF/torch models to ONNX when the conversion is
+    verified, ``native`` never converts, ``onnx`` requires the conversion. ``trust_code`` allows
+    loading Python code shipped with a model (Lambda layers, ``pipeline.py``). ``input_name`` and
+    ``output_name`` pick tensors of a frozen TensorFlow graph.
+    """
+
+    runtime: Literal["auto", "native", "onnx"] = "auto"
+    trust_code: bool = False
+    input_name: str | None = None
+    output_name: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """One servable model: where its file is, its labels and its configuration."""
+    """One servable model: where its file is, its labels and its configuration.
+
+    After conversion to ONNX, ``path``/``format`` name the converted file and ``source_format``
+    the original one; ``runtime_note`` says which runtime serves it and why (shown on
+    ``/api/models/{model}``).
+    """
 
     name: str
     version: str
@@ -88,6 +109,9 @@ class ModelSpec:
     labels: tuple[str, ...]
     config: ModelConfig = field(default_factory=ModelConfig)
     versions: tuple[str, ...] = ()
+    options: RuntimeOptions = field(default_factory=RuntimeOptions)
+    source_format: str = ""
+    runtime_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +123,8 @@ class ModelInfo:
     ops: tuple[str, ...] = ()
     parameters: int = 0
     producer: str = ""
+    scaling: Scaling | None = None  # "none" when the model scales its own input (Rescaling)
+    graph: tuple[tuple[str, str, str], ...] = ()  # every op (name, type, shape): frozen graphs
 
 
 @dataclass(frozen=True)

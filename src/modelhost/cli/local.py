@@ -3,6 +3,7 @@ as the server, run in this process on a local model file, or sent to a running s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -17,9 +18,10 @@ from ..inputs.images import to_tensor
 from ..postprocess import probabilities, top_k
 from ..preprocessing import resolve
 from ..repository import RepositoryError, load_repository
-from ..runtimes.base import RuntimeUnavailable, load_runtime
+from ..runtimes.base import RuntimeUnavailable, UntrustedCode, load_runtime
+from ..runtimes.convert import CONVERTIBLE
 from ..settings import Settings
-from ..types import ModelSpec, Region
+from ..types import ModelSpec, Region, RuntimeOptions
 
 console = Console()
 Opt = typer.Option
@@ -99,9 +101,15 @@ def _print_result(path: Path, result: dict) -> None:
 def inspect(
     target: Annotated[Path, typer.Argument(help="Model file or folder.")],
     model: Annotated[str | None, Opt(help="Model name (in a repository).")] = None,
+    format: Annotated[str | None, Opt("--format", help="Force the model format.")] = None,
+    trust_model_code: Annotated[bool, Opt("--trust-model-code",
+        help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
+    input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,
+    output_name: Annotated[str | None, Opt(help="Output tensor of a frozen TF graph.")] = None,
 ) -> None:
     """Print a model's inputs, outputs, ops, parameters, labels and preprocessing."""
-    spec = _pick(_load(target), model)
+    options = RuntimeOptions("native", trust_model_code, input_name, output_name)
+    spec = replace(_pick(_load(target, format), model), options=options)
     runtime = _runtime(spec)
     info, prep = runtime.info, resolve(spec.config, runtime.info)
     console.print(f"[bold]{spec.name}[/] version {spec.version} · {spec.format} · "
@@ -112,22 +120,34 @@ def inspect(
             tensors.add_row(kind, t.name, t.dtype, str(list(t.shape)))
     console.print(tensors)
     console.print(f"ops: {', '.join(info.ops) or 'n/a'}")
+    if info.graph:  # a frozen graph: every op, as the tutorials printed them to find names
+        graph = Table(title="graph", title_justify="left")
+        graph.add_column("op", overflow="fold")
+        graph.add_column("type")
+        graph.add_column("output shape")
+        for name, kind, shape in info.graph:
+            graph.add_row(name, kind, shape)
+        console.print(graph)
     shown = ", ".join(spec.labels[:10]) + (" …" if len(spec.labels) > 10 else "")
     console.print(f"labels ({len(spec.labels)}): {shown or 'none (indices are used)'}")
     console.print(
         f"preprocessing: {prep.size[0]}×{prep.size[1]} {prep.layout} {prep.dtype}, "
         f"{'greyscale' if prep.channels == 1 else 'BGR' if prep.bgr else 'RGB'}, "
-        f"scaling {prep.scaling}, "
+        f"scaling {prep.scaling}"
+        + (" (the model scales its own input), "
+           if info.scaling and not spec.config.scaling else ", ")
         + (f"shorter side {prep.resize} then centre crop, " if prep.resize else "stretch, ")
         + f"{prep.resample} resampling"
         + (f", default crop {prep.default_crop:g} around (x, y)" if prep.default_crop else "")
     )
     console.print(f"output: {spec.config.output_kind} (softmax unless already probabilities)")
+    if spec.format in CONVERTIBLE:
+        console.print("runtime: converted to ONNX and verified when served (--runtime auto)")
 
 
-def _load(target: Path) -> list[ModelSpec]:
+def _load(target: Path, fmt: str | None = None) -> list[ModelSpec]:
     try:
-        return load_repository(target)
+        return load_repository(target, fmt)
     except RepositoryError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -150,5 +170,5 @@ def _only_model(names: list[str]):
 def _runtime(spec: ModelSpec):
     try:
         return load_runtime(spec, threads=0)
-    except RuntimeUnavailable as exc:
+    except (RuntimeUnavailable, UntrustedCode, ValueError, OSError) as exc:
         raise typer.BadParameter(str(exc)) from None

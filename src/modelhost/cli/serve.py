@@ -9,17 +9,20 @@ import typer
 from pydantic import ValidationError
 
 from .. import logs
+from ..download import DownloadError, is_url
 from ..feedback.journal import JournalBusy
 from ..feedback.store import BadDatabaseUrl
 from ..repository import RepositoryError
+from ..runtimes.convert import ConversionError
 from ..settings import ConfigError, Settings
 
 Opt = typer.Option
 
 
 def serve(
-    models: Annotated[Path | None, typer.Argument(
-        help="Model file or repository folder. Without it, the demo models are served.")] = None,
+    models: Annotated[str | None, typer.Argument(
+        help="Model file, repository folder or http(s) URL of a model file (with --sha256). "
+             "Without it, the demo models are served.")] = None,
     host: Annotated[str | None, Opt(help="Address to bind [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, Opt(help="Port [default: 8000; 0 picks a free one].")] = None,
     keep_going: Annotated[bool, Opt("--keep-going",
@@ -57,6 +60,18 @@ def serve(
     worker_memory_limit: Annotated[int | None, Opt(
         help="Address-space bytes per worker process [no limit].")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
+    format: Annotated[str | None, Opt("--format",
+        help="Force the model format: onnx, keras, tf_savedmodel, tf_frozen, torchscript, "
+             "torch_export, python.")] = None,
+    runtime: Annotated[str | None, Opt(
+        help="auto (convert to ONNX when verified), native or onnx [auto].")] = None,
+    trust_model_code: Annotated[bool, Opt("--trust-model-code",
+        help="Allow Python code in models (Keras Lambda layers, pipeline.py).")] = False,
+    input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,
+    output_name: Annotated[str | None, Opt(help="Output tensor of a frozen TF graph.")] = None,
+    sha256: Annotated[str | None, Opt(help="SHA-256 a model URL's file must have.")] = None,
+    watch: Annotated[bool, Opt("--watch",
+        help="Follow the model folder: swap in new versions, drop removed models.")] = False,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
     db: Annotated[str | None, Opt(help="Prediction log database URL: sqlite:///FILE or "
                                   "postgresql+psycopg://... [a SQLite file in ~/.local/share].")
@@ -76,6 +91,8 @@ def serve(
     flags = {k: v for k, v in locals().items() if v is not None and v is not False}
     if flags.pop("no_log_predictions", False):
         flags["log_predictions"] = False
+    if models is not None and is_url(models):
+        flags["model_url"] = flags.pop("models")
     try:
         settings = Settings(**flags)
     except ValidationError as exc:
@@ -85,7 +102,8 @@ def serve(
 
     try:
         code = run(settings)
-    except (RepositoryError, ConfigError, BadDatabaseUrl, JournalBusy) as exc:
+    except (RepositoryError, ConfigError, ConversionError, DownloadError, BadDatabaseUrl,
+            JournalBusy) as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -20,8 +21,12 @@ from .middleware import BodyLimit, RequestContext
 from .ratelimit import RateLimit, limiter_for
 from .responses import JSON
 
+if TYPE_CHECKING:
+    from ..watch import RepositoryWatcher
 
-def create_app(service: PredictionService, metrics: Metrics, settings: Settings) -> FastAPI:
+
+def create_app(service: PredictionService, metrics: Metrics, settings: Settings,
+               watcher: RepositoryWatcher | None = None) -> FastAPI:
     prediction_log = service.prediction_log
 
     @contextlib.asynccontextmanager
@@ -29,11 +34,14 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
         if prediction_log is not None:
             await prediction_log.start()
         loading = asyncio.create_task(service.start())  # serve /healthz while models load
+        watching = asyncio.create_task(watcher.run()) if watcher else None  # --watch
         try:
             yield
         finally:
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
+            for task in (loading, watching):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             await service.stop()
             if prediction_log is not None:  # after the drain: every answered record is in
                 await prediction_log.stop()

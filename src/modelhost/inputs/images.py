@@ -50,6 +50,19 @@ def to_tensor(data: bytes, prep: Preprocessing, region: Region, max_pixels: int)
     return _normalise(resized, prep)
 
 
+def to_image(data: bytes, region: Region, default_crop: float, max_pixels: int) -> Image.Image:
+    """Decode ``data`` into an upright RGB image cropped to ``region``, not resized: for a
+    user's pipeline that prepares images itself."""
+    image = _open(data, max_pixels)
+    try:
+        upright_size, orientation = _upright_size(image)
+        box = crop_box(upright_size, region, default_crop)
+        upright = _load_upright(image, orientation, 3)
+    finally:
+        image.close()
+    return upright.crop(tuple(round(v) for v in box)) if box != (0, 0, *upright.size) else upright
+
+
 def check(data: bytes, region: Region, default_crop: float, max_pixels: int) -> None:
     """Reject what can be rejected from the header alone (format, pixel count, a point outside
     the image) before the image joins a batch; decoding happens later, in the model's worker."""

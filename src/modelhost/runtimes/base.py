@@ -1,11 +1,14 @@
 """The Runtime protocol and the choice of runtime for a model format.
 
 A runtime loads one model file and runs batches on it. It lives only in worker processes (and in
-``modelhost predict``/``inspect`` on a local file), never in the HTTP process.
+``modelhost predict``/``inspect`` on a local file, and the conversion subprocess), never in the
+HTTP process. Each framework is imported only inside its runtime's module, so a missing framework
+is reported as the extra to install rather than an ImportError at start-up.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Protocol
 
 import numpy as np
@@ -15,6 +18,11 @@ from ..types import ModelInfo, ModelSpec
 
 class RuntimeUnavailable(Exception):
     """The model's format needs a runtime that is not installed or not supported yet."""
+
+
+class UntrustedCode(Exception):
+    """The model holds Python code (a Lambda layer, a pipeline.py) and loading it was not
+    allowed with ``--trust-model-code``."""
 
 
 class Runtime(Protocol):
@@ -27,26 +35,37 @@ class Runtime(Protocol):
         ...
 
 
-_EXTRAS = {
-    "keras": "tensorflow",
-    "tf_savedmodel": "tensorflow",
-    "tf_frozen": "tensorflow",
-    "torchscript": "torch",
-    "torch_export": "torch",
-    "python": "all",
+# format → (module, class, the extra that installs its framework)
+_RUNTIMES = {
+    "onnx": ("onnx", "OnnxRuntime", ""),
+    "keras": ("keras", "KerasRuntime", "tensorflow"),
+    "tf_savedmodel": ("tensorflow", "SavedModelRuntime", "tensorflow"),
+    "tf_frozen": ("tensorflow", "FrozenGraphRuntime", "tensorflow"),
+    "torchscript": ("torch", "TorchScriptRuntime", "torch"),
+    "torch_export": ("torch", "TorchExportRuntime", "torch"),
+    "python": ("python", "PipelineRuntime", ""),
 }
+FORMATS = tuple(_RUNTIMES)
+_FRAMEWORKS = {"tensorflow", "keras", "torch", "tf2onnx", "h5py"}
+
+
+def extra_for(fmt: str) -> str:
+    """The pip extra that installs ``fmt``'s framework ('' when it ships with modelhost)."""
+    return _RUNTIMES[fmt][2] if fmt in _RUNTIMES else ""
 
 
 def load_runtime(spec: ModelSpec, threads: int) -> Runtime:
     """Load ``spec`` with the runtime its format needs."""
-    if spec.format == "onnx":
-        from .onnx import OnnxRuntime
-
-        return OnnxRuntime(spec.path, threads=threads)
-    extra = _EXTRAS.get(spec.format)
-    if extra is None:
+    if spec.format not in _RUNTIMES:
         raise RuntimeUnavailable(f"{spec.path.name}: unknown model format {spec.format!r}")
-    raise RuntimeUnavailable(
-        f"{spec.path.name}: the {spec.format} runtime is not available in this build; "
-        f'install it with: pip install "modelhost[{extra}]" (or convert the model to ONNX)'
-    )
+    module_name, class_name, extra = _RUNTIMES[spec.format]
+    try:
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        return getattr(module, class_name)(spec, threads)
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in _FRAMEWORKS:
+            raise
+        raise RuntimeUnavailable(
+            f"{spec.path.name}: the {spec.format} runtime needs {exc.name}, which is not "
+            f'installed; install it with: pip install "modelhost[{extra or "all"}]"'
+        ) from None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..types import ModelInfo, TensorSpec
+from ..types import ModelInfo, ModelSpec, TensorSpec
 
 _DTYPES = {
     "tensor(float)": "float32",
@@ -24,8 +24,10 @@ _DTYPES = {
 class OnnxRuntime:
     """One ONNX model in an InferenceSession with a fixed intra-op thread count."""
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
+    def __init__(self, spec: ModelSpec | Path, threads: int = 0) -> None:
         import onnxruntime as ort
+
+        path = spec.path if isinstance(spec, ModelSpec) else spec
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -46,10 +48,18 @@ class OnnxRuntime:
             ops=ops,
             parameters=parameters,
             producer=self._session.get_modelmeta().producer_name,
+            scaling=_own_scaling(self._session.get_modelmeta().custom_metadata_map),
         )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self._input: batch})[0]
+
+
+def _own_scaling(metadata: dict[str, str]):
+    """``modelhost.scaling`` in the model's metadata (written by the converter when the source
+    model scaled its own input), or None."""
+    value = metadata.get("modelhost.scaling")
+    return value if value in ("none", "unit", "tf", "caffe", "torch") else None
 
 
 def _spec(node) -> TensorSpec:

@@ -247,6 +247,11 @@ class ModelPool:
     def ready_workers(self) -> int:
         return sum(1 for w in self._workers if w is not None and w.alive)
 
+    @property
+    def inflight(self) -> int:
+        """Batches sent to this pool's workers and not answered yet."""
+        return sum(w.inflight for w in self._workers if w is not None)
+
     async def start(self) -> ModelInfo:
         """Start every replica; raise LoadError if any fails (the others are stopped)."""
         started = time.perf_counter()

@@ -22,9 +22,10 @@ import time
 from multiprocessing.connection import Connection
 
 import numpy as np
+from PIL import Image
 
 from ..errors import ModelhostError
-from ..inputs.images import to_tensor
+from ..inputs.images import to_image, to_tensor
 from ..preprocessing import resolve, tensor_shape
 from ..runtimes.base import load_runtime
 from ..types import Preprocessing
@@ -47,12 +48,20 @@ def main(fd: int) -> None:
     try:
         runtime = load_runtime(start.spec, start.threads)
         prep = resolve(start.spec.config, runtime.info)
-        runtime.predict(np.zeros(tensor_shape(prep, 1), dtype=prep.dtype))  # warm-up
+        _warm_up(runtime, prep)
     except Exception as exc:  # report any load failure as data, then exit
         conn.send_bytes(encode(LoadFailed("model_load_failed", _describe(exc))))
         return
     conn.send_bytes(encode(Ready(runtime.info, time.perf_counter() - started, os.getpid())))
     _serve(conn, runtime, prep, start.max_pixels)
+
+
+def _warm_up(runtime, prep: Preprocessing) -> None:
+    """One blank input, so that the first request does not pay for lazy initialisation."""
+    if getattr(runtime, "takes_images", False):
+        runtime.predict_images([Image.new("RGB", prep.size)])
+    else:
+        runtime.predict(np.zeros(tensor_shape(prep, 1), dtype=prep.dtype))
 
 
 def _serve(conn: Connection, runtime, prep: Preprocessing, max_pixels: int) -> None:
@@ -77,11 +86,13 @@ def _serve(conn: Connection, runtime, prep: Preprocessing, max_pixels: int) -> N
 def _run(runtime, prep: Preprocessing, max_pixels: int, batch: Batch, payload) -> bytes:
     """Decode each image on its own (a bad one fails alone), then run the good ones together."""
     tensors, ok, errors, decode_ms = [], [], [], []
+    takes_images = getattr(runtime, "takes_images", False)  # a pipeline.py that wants PIL images
     for index, item in enumerate(batch.items):
         started = time.perf_counter()
         try:
-            tensors.append(to_tensor(payload[item.start : item.end], prep, item.region,
-                                     max_pixels))
+            data = payload[item.start : item.end]
+            tensors.append(to_image(data, item.region, prep.default_crop, max_pixels)
+                           if takes_images else to_tensor(data, prep, item.region, max_pixels))
             ok.append(index)
         except ModelhostError as exc:
             errors.append((index, exc.code, exc.message))
@@ -92,7 +103,8 @@ def _run(runtime, prep: Preprocessing, max_pixels: int, batch: Batch, payload) -
     if tensors:
         started = time.perf_counter()
         try:
-            output = np.asarray(runtime.predict(np.stack(tensors)))
+            output = np.asarray(runtime.predict_images(tensors) if takes_images
+                                else runtime.predict(np.stack(tensors)))
         except Exception as exc:
             return encode(BatchFailed(batch.batch_id, "model_failed", _describe(exc)))
         elapsed = (time.perf_counter() - started) * 1000

@@ -1,0 +1,304 @@
+"""Convert Keras, TensorFlow and PyTorch models to ONNX at load, verify, cache, or say why not.
+
+``--runtime auto`` (the default) serves a convertible model with ONNX Runtime, which is faster on
+CPU than each framework's own runtime (DESIGN.md, 'Measured here'), but only after the converted
+model has been checked against the original on the same inputs: noise images and smooth
+synthetic images, plus any images in a ``samples/`` folder beside the model (real inputs; put a
+few there), all prepared exactly as the server prepares requests. The check passes when the
+probabilities differ by at most :data:`MAX_ABS_DIFF` and every sample's top-1 class is the same
+(a top-1 tie in the original, top two within :data:`TIE`, cannot be ordered and is not counted).
+
+A conversion runs once per source file: the result is cached under ``cache_dir/onnx/`` by the
+SHA-256 of the source's bytes (and the options that shape it). It runs in a subprocess
+(``python -m modelhost.runtimes.convert``) so that TensorFlow or torch never load in the server
+process. When it fails, the native runtime serves and the reason is logged and shown on
+``/api/models/{model}``; ``--runtime onnx`` makes the failure fatal instead, ``--runtime native``
+skips the conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..types import ModelSpec, Preprocessing, Region
+
+log = logging.getLogger("modelhost.convert")
+
+CONVERTIBLE = ("keras", "tf_savedmodel", "tf_frozen", "torchscript", "torch_export")
+MAX_ABS_DIFF = 1e-4
+TIE = 1e-5
+CONVERTER_VERSION = "1"  # bump when conversion changes, so that caches are redone
+OPSET = 17
+SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ConversionError(Exception):
+    """``--runtime onnx`` was asked for and the model could not be converted and verified."""
+
+
+# -- server side: decide, look in the cache, run the subprocess ---------------------------------
+
+
+def prepare(spec: ModelSpec, cache_dir: Path, timeout: float) -> ModelSpec:
+    """The spec to serve: converted to ONNX when asked and verified, else the native one with
+    the reason in ``runtime_note``."""
+    if spec.format not in CONVERTIBLE:
+        return spec
+    if spec.options.runtime == "native":
+        return replace(spec, runtime_note=f"{spec.format} runtime (--runtime native)")
+    target = cache_dir / "onnx" / cache_key(spec)
+    report = _read_report(target)
+    if report is None:
+        log.info("%s: converting %s to ONNX (once; cached in %s)", spec.name, spec.format, target)
+        report = _convert_in_subprocess(spec, target, timeout)
+    if report["ok"]:
+        return replace(spec, path=target / "model.onnx", format="onnx", source_format=spec.format,
+                       runtime_note=f"ONNX Runtime, converted from {spec.format}: "
+                                    f"{report['detail']}")
+    if spec.options.runtime == "onnx":
+        raise ConversionError(f"{spec.name}: {spec.path.name} cannot be served with ONNX Runtime "
+                              f"(--runtime onnx): {report['reason']}")
+    log.warning("%s: serving with the %s runtime; conversion to ONNX failed: %s",
+                spec.name, spec.format, report["reason"])
+    return replace(spec, runtime_note=f"{spec.format} runtime; conversion to ONNX failed: "
+                                      f"{report['reason']}")
+
+
+def cache_key(spec: ModelSpec) -> str:
+    """SHA-256 of the source's bytes (every file of a SavedModel folder) and what shapes the
+    conversion: format, chosen tensors, converter version."""
+    digest = hashlib.sha256()
+    for part in (CONVERTER_VERSION, spec.format, spec.options.input_name or "",
+                 spec.options.output_name or ""):
+        digest.update(part.encode() + b"\0")
+    files = sorted(p for p in spec.path.rglob("*") if p.is_file()) if spec.path.is_dir() \
+        else [spec.path]
+    for path in files:
+        digest.update(str(path.relative_to(spec.path) if spec.path.is_dir() else "").encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_report(target: Path) -> dict | None:
+    try:
+        report = json.loads((target / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return report if report.get("ok") and (target / "model.onnx").is_file() else None
+
+
+def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float) -> dict:
+    """Run the conversion in a fresh interpreter; its report, or a failure report."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "modelhost.runtimes.convert", str(work)],
+            input=pickle.dumps(spec), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            timeout=timeout, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        report = _report_file(work)
+        if report is None:
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            return {"ok": False, "reason": f"the converter exited with {done.returncode}: "
+                                           f"{tail[0][:300]}"}
+        if report["ok"]:
+            shutil.rmtree(target, ignore_errors=True)
+            work.rename(target)
+        return report
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "reason": f"conversion took longer than {timeout:g}s"}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _report_file(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# -- converter side (the subprocess) -------------------------------------------------------------
+
+
+def convert(spec: ModelSpec, out: Path) -> dict:
+    """Convert ``spec`` into ``out/model.onnx`` and verify it; the report (also written)."""
+    from ..preprocessing import resolve
+    from .base import load_runtime
+    from .onnx import OnnxRuntime
+
+    started = time.perf_counter()
+    try:
+        source = load_runtime(replace(spec, options=replace(spec.options, runtime="native")), 0)
+        prep = resolve(spec.config, source.info)
+        onnx_path = out / "model.onnx"
+        _EXPORTERS[spec.format](source, prep, onnx_path)
+        _set_metadata(onnx_path, {"modelhost.source_format": spec.format,
+                                  **({"modelhost.scaling": source.info.scaling}
+                                     if source.info.scaling else {})})
+        converted = OnnxRuntime(onnx_path, threads=0)
+        detail = verify(source, converted, sample_inputs(spec, prep), spec.config.output_kind)
+        report = {"ok": True, "detail": f"{detail}, {time.perf_counter() - started:.1f}s"}
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        report = {"ok": False, "reason": f"{type(exc).__name__}: {text}" if text
+                  else type(exc).__name__}
+    (out / "report.json").write_text(json.dumps(report))
+    return report
+
+
+def verify(source, converted, batch: np.ndarray, output_kind: str) -> str:
+    """Compare both runtimes on ``batch``; raise with the numbers when they disagree."""
+    from ..postprocess import probabilities
+
+    expected = np.asarray(source.predict(batch)).reshape(len(batch), -1)
+    actual = np.asarray(converted.predict(batch)).reshape(len(batch), -1)
+    if expected.shape != actual.shape:
+        raise ValueError(f"outputs differ in shape: {expected.shape} vs {actual.shape}")
+    p = np.stack([probabilities(row, output_kind) for row in expected])
+    q = np.stack([probabilities(row, output_kind) for row in actual])
+    diff = float(np.max(np.abs(p - q)))
+    ordered = np.sort(p, axis=1)
+    decidable = ordered[:, -1] - (ordered[:, -2] if p.shape[1] > 1 else 0) > TIE
+    mismatched = int(np.sum((p.argmax(1) != q.argmax(1)) & decidable))
+    if diff > MAX_ABS_DIFF or mismatched:
+        raise ValueError(f"the ONNX model disagrees with the original: max |Δp| {diff:.2g}, "
+                         f"top-1 differs on {mismatched} of {len(batch)} inputs")
+    return f"verified on {len(batch)} inputs, max |Δp| {diff:.1g}, same top-1"
+
+
+def sample_inputs(spec: ModelSpec, prep: Preprocessing, count: int = 8) -> np.ndarray:
+    """Inputs prepared as requests are: noise, smooth synthetic images, and ``samples/``."""
+    from PIL import Image, ImageDraw
+
+    from ..inputs.images import to_tensor
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+              for _ in range(count // 2)]
+    for i in range(count - len(images)):
+        yy, xx = np.mgrid[0:96, 0:96]
+        base = np.stack([xx * 2.5, yy * 2.5, (xx + yy) * 1.3], axis=-1) % 256
+        image = Image.fromarray(np.roll(base, 20 * i, axis=2 - i % 3).astype(np.uint8))
+        ImageDraw.Draw(image).ellipse((10 + 5 * i, 20, 60, 70 + 3 * i), fill=(30 * i, 200, 90))
+        images.append(image)
+    folders = [spec.path / "samples"] if spec.path.is_dir() else []
+    folders.append(spec.path.parent / "samples")
+    files = sorted(p for folder in folders if folder.is_dir() for p in folder.iterdir()
+                   if p.suffix.lower() in SAMPLE_SUFFIXES)
+    encoded = [_png(image) for image in images] + [p.read_bytes() for p in files[:32]]
+    return np.stack([to_tensor(data, prep, Region(), 50_000_000) for data in encoded])
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _export_keras(source, prep: Preprocessing, path: Path) -> None:
+    from ..preprocessing import tensor_shape
+
+    model = source.model
+    model(np.zeros(tensor_shape(prep, 1), dtype=prep.dtype))  # export needs a called model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.export(str(path), format="onnx", verbose=False, opset_version=OPSET)
+
+
+def _export_savedmodel(source, prep: Preprocessing, path: Path) -> None:
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = source.info.inputs[0]
+    signature = [tf.TensorSpec([None if d < 0 else d for d in spec.shape], spec.dtype,
+                               name=spec.name)]
+    function = source.function
+    output = source.info.outputs[0].name
+
+    @tf.function(input_signature=signature)
+    def call(x):
+        return {output: function(**{spec.name: x})[output]}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tf2onnx.convert.from_function(call, input_signature=signature, opset=OPSET,
+                                      output_path=str(path))
+
+
+def _export_frozen(source, prep: Preprocessing, path: Path) -> None:
+    import tf2onnx
+
+    from .tensorflow import read_graph_def
+
+    graph_def = read_graph_def(source.path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tf2onnx.convert.from_graph_def(graph_def, input_names=[source.input_name],
+                                       output_names=[source.output_name], opset=OPSET,
+                                       output_path=str(path))
+
+
+def _export_torch(source, prep: Preprocessing, path: Path) -> None:
+    import torch
+
+    from ..preprocessing import tensor_shape
+
+    dummy = torch.zeros(tensor_shape(prep, 2), dtype=getattr(torch, prep.dtype))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        module = source.module
+        if not isinstance(module, torch.jit.ScriptModule):
+            # An exported program's module cannot be put in train mode, which the TorchScript
+            # exporter does; a trace of it can (the dynamo exporter would need onnxscript).
+            module = torch.jit.trace(module, dummy)
+        torch.onnx.export(module, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+
+
+_EXPORTERS = {
+    "keras": _export_keras,
+    "tf_savedmodel": _export_savedmodel,
+    "tf_frozen": _export_frozen,
+    "torchscript": _export_torch,
+    "torch_export": _export_torch,
+}
+
+
+def _set_metadata(path: Path, values: dict[str, str]) -> None:
+    """Record where the model came from and its own input scaling (read by runtimes/onnx.py)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+
+
+def main(argv: list[str]) -> int:
+    spec = pickle.loads(sys.stdin.buffer.read())  # from our own server process, never a client
+    return 0 if convert(spec, Path(argv[0]))["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

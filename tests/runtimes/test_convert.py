@@ -1,0 +1,73 @@
+"""Conversion to ONNX: cached by the source file's hash, a failed verification falls back to
+the native runtime and says why, ``--runtime onnx`` refuses instead."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from modelhost.repository import load_repository
+from modelhost.runtimes.convert import cache_key
+from modelhost.types import RuntimeOptions
+
+from ..support import start_server
+from .conftest import FRAMEWORK_MODELS, assert_matches_framework
+
+
+@pytest.mark.slow
+def test_conversions_are_cached_by_source_hash_and_reused(auto_server, built, cache_dir,
+                                                          tmp_path):
+    specs = {s.name: replace(s, options=RuntimeOptions()) for s in load_repository(built / "repo")}
+    cached = {p.name for p in (cache_dir / "onnx").iterdir() if not p.name.startswith(".")}
+    assert cached == {cache_key(specs[m]) for m in FRAMEWORK_MODELS}
+    onnx_file = cache_dir / "onnx" / cache_key(specs["digits_h5"]) / "model.onnx"
+    before = onnx_file.stat().st_mtime_ns
+    assert "digits_h5: converting keras to ONNX" in auto_server.log()
+
+    again = start_server([str(built / "repo" / "digits_h5"), "--cache-dir", str(cache_dir)],
+                         tmp_path)
+    try:
+        assert_matches_framework(again, built, "digits_h5")
+        runtime = again.client.get("/api/models/digits_h5").json()["runtime"]
+        assert runtime.startswith("ONNX Runtime, converted from keras")
+    finally:
+        assert again.stop() == 0
+    assert "converting" not in again.log()
+    assert onnx_file.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_failed_verification_serves_natively_and_says_why(built, tmp_path):
+    server = start_server([str(built / "fallback"), "--cache-dir", str(tmp_path / "cache")],
+                          tmp_path, timeout=300)
+    try:
+        meta = server.client.get("/api/models/noisy_torch").json()
+        assert meta["state"] == "ready"
+        assert meta["format"] == "torchscript"
+        assert meta["runtime"].startswith("torchscript runtime; conversion to ONNX failed: "
+                                          "ValueError: the ONNX model disagrees with the original")
+        image = next((built / "images").glob("digit-*.png"))
+        response = server.client.post("/api/models/noisy_torch/predict",
+                                      files={"image": (image.name, image.read_bytes())})
+        assert response.status_code == 200
+        assert len(response.json()["predictions"]) == 5
+    finally:
+        assert server.stop() == 0
+    assert "noisy_torch: serving with the torchscript runtime; conversion to ONNX failed" \
+        in server.log()
+    assert not list((tmp_path / "cache" / "onnx").glob("[0-9a-f]*"))  # nothing cached
+
+
+@pytest.mark.slow
+def test_runtime_onnx_refuses_a_model_that_does_not_convert(built, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "modelhost.cli", "serve", str(built / "fallback"), "--port", "0",
+         "--runtime", "onnx", "--cache-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 2
+    assert "noisy_torch: model.pt cannot be served with ONNX Runtime (--runtime onnx): " \
+           "ValueError: the ONNX model disagrees" in done.stderr

@@ -1,0 +1,72 @@
+"""Python code inside a model runs only with --trust-model-code: Keras Lambda layers and a
+user's pipeline.py (batch ``predict`` and per-image ``predict_image``)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ..support import start_server
+from .conftest import assert_matches_framework
+
+
+def _errors(server) -> dict[str, str]:
+    return {m["name"]: m["error"] for m in server.client.get("/api/models").json()["models"]}
+
+
+@pytest.mark.slow
+def test_lambda_layer_is_refused_without_trust(built, tmp_path):
+    server = start_server([str(built / "lambda"), "--keep-going", "--runtime", "native"],
+                          tmp_path, wait_ready=False, timeout=300)
+    try:
+        server.client.get("/readyz")  # answers once loading is over
+        error = _wait_failed(server, "lambda_keras")
+        assert "model.keras contains a Lambda layer, which runs Python code stored in the " \
+               "file; load it only if you trust its author, with --trust-model-code" in error
+        assert server.client.get("/readyz").status_code == 503
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_lambda_layer_serves_with_trust(built, tmp_path):
+    server = start_server([str(built / "lambda"), "--trust-model-code", "--cache-dir",
+                           str(tmp_path / "cache")], tmp_path, timeout=300)
+    try:
+        assert_matches_framework(server, built, "lambda_keras")
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_pipelines_serve_with_trust(built, tmp_path):
+    server = start_server([str(built / "pipelines"), "--trust-model-code"], tmp_path)
+    try:
+        for model in ("digits_pipeline", "digits_by_image"):
+            correct = assert_matches_framework(server, built, model)
+            assert correct >= 24, (model, correct)
+            assert server.client.get(f"/api/models/{model}").json()["format"] == "python"
+    finally:
+        assert server.stop() == 0
+
+
+def test_pipeline_is_refused_without_trust(built, tmp_path):
+    server = start_server([str(built / "pipelines"), "--keep-going"], tmp_path,
+                          wait_ready=False)
+    try:
+        for model in ("digits_pipeline", "digits_by_image"):
+            assert "pipeline.py is Python code; modelhost runs it only if you trust it, with " \
+                   "--trust-model-code" in _wait_failed(server, model)
+    finally:
+        assert server.stop() == 0
+
+
+def _wait_failed(server, model: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        error = _errors(server).get(model)
+        if error:
+            return error
+        time.sleep(0.2)
+    raise AssertionError(f"{model} did not fail:\n{server.log()}")
