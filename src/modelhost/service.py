@@ -16,6 +16,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .batching.batcher import Batcher
 from .errors import ModelhostError, NotFound, Timeout, Unavailable
 from .inputs.images import check
@@ -24,6 +26,7 @@ from .metrics import Metrics
 from .postprocess import probabilities, top_k
 from .preprocessing import PreprocessingError, resolve
 from .types import ModelInfo, ModelSpec, Prediction, Preprocessing, Region, Timings
+from .workers.messages import RawTensor
 from .workers.pool import LoadError, ModelPool
 
 log = logging.getLogger("modelhost.service")
@@ -164,6 +167,33 @@ class PredictionService:
                 return_exceptions=True,
             )
         return {n: _as_outcome(r) for n, r in zip(names, results, strict=True)}
+
+    async def infer(self, name: str, rows: list[tuple[bytes, Region | RawTensor]],
+                    deadline: float, request_id: str) -> np.ndarray:
+        """Rows of one tensor-protocol request (V2, TF Serving) through one model: each row
+        joins the batcher on its own, so these requests batch with every other; a failing row
+        fails the request (the protocols have no per-row errors). Output rows, flat float32."""
+        with self._admitted():
+            model = self.model(name)
+            self._check_ready(model)
+            started = time.perf_counter()
+            async with _deadline(deadline):
+                for data, region in rows:
+                    if isinstance(region, Region):
+                        check(data, region, model.spec.config.default_crop, self._max_pixels)
+                outs = await asyncio.gather(
+                    *(model.batcher.submit(data, region, deadline) for data, region in rows),
+                    return_exceptions=True)
+        failed = [o for o in outs if isinstance(o, BaseException)]
+        if failed:
+            error = failed[0]
+            if isinstance(error, ModelhostError):
+                self._log_failure(name, model.spec.version, error, started, request_id)
+            raise error
+        self._metrics.total.labels(name).observe(time.perf_counter() - started)
+        for out in outs:
+            self._metrics.batch_size.labels(name).observe(out.batch_size)
+        return np.stack([out.row for out in outs])
 
     def model(self, name: str) -> ServedModel:
         model = self.models.get(name)

@@ -26,8 +26,19 @@ from ..errors import ModelhostError
 from ..inputs.images import to_tensor
 from ..preprocessing import resolve, tensor_shape
 from ..runtimes.base import load_runtime
-from ..types import Preprocessing
-from .messages import Batch, BatchFailed, LoadFailed, Ready, Result, Start, Stop, decode, encode
+from ..types import Preprocessing, Region
+from .messages import (
+    Batch,
+    BatchFailed,
+    LoadFailed,
+    RawTensor,
+    Ready,
+    Result,
+    Start,
+    Stop,
+    decode,
+    encode,
+)
 from .shm import Attachments
 
 
@@ -77,8 +88,7 @@ def _run(runtime, prep: Preprocessing, max_pixels: int, batch: Batch, payload) -
     for index, item in enumerate(batch.items):
         started = time.perf_counter()
         try:
-            tensors.append(to_tensor(payload[item.start : item.end], prep, item.region,
-                                     max_pixels))
+            tensors.append(_row(payload[item.start : item.end], prep, item.region, max_pixels))
             ok.append(index)
         except ModelhostError as exc:
             errors.append((index, exc.code, exc.message))
@@ -97,6 +107,14 @@ def _run(runtime, prep: Preprocessing, max_pixels: int, batch: Batch, payload) -
     header = Result(batch.batch_id, "float32", output.shape, tuple(ok), tuple(errors),
                     tuple(decode_ms), elapsed)
     return encode(header, output)
+
+
+def _row(data, prep: Preprocessing, region: Region | RawTensor, max_pixels: int) -> np.ndarray:
+    """One input row: a ready tensor as sent (cast to the model's dtype), or a decoded image."""
+    if isinstance(region, RawTensor):
+        row = np.frombuffer(data, dtype=region.dtype).reshape(region.shape)
+        return row.astype(prep.dtype, copy=False)
+    return to_tensor(data, prep, region, max_pixels)
 
 
 def _describe(exc: BaseException) -> str:
