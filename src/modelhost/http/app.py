@@ -11,7 +11,16 @@ from .. import __version__
 from ..metrics import Metrics
 from ..service import PredictionService
 from ..settings import Settings
-from . import errors, pages, routes_models, routes_ops, routes_predict, routes_tfserving, routes_v2
+from . import (
+    docs,
+    errors,
+    pages,
+    routes_models,
+    routes_ops,
+    routes_predict,
+    routes_tfserving,
+    routes_v2,
+)
 from .middleware import BodyLimit, RequestContext
 from .responses import JSON
 
@@ -43,6 +52,7 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
     app.include_router(routes_v2.router(service, metrics, settings))
     app.include_router(routes_tfserving.router(service, metrics, settings))
     app.include_router(pages.router())
+    docs.install(app)
     app.mount("/static", pages.static_files(), name="static")
     app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_middleware(RequestContext)

@@ -23,14 +23,16 @@ from ..protocols.rows import (
     shaped_output,
     tensor_rows,
 )
+from ..protocols.v2 import ProtocolError
 from ..service import PredictionService, ServedModel
 from ..settings import Settings
 from .errors import request_id_of
 from .parse import deadline_for
 from .protocol_errors import ProtocolRoute, read_body
+from .schemas import documented
 
 LATEST = "latest"
-_ERRORS = {status: {"model": tfs.ErrorBody} for status in (400, 404, 503)}
+_ERRORS = {status: {"model": ProtocolError} for status in (400, 404, 503)}
 
 
 def _body_doc(model: type) -> dict:
@@ -55,7 +57,8 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
             raise Unavailable(f"model {model.spec.name!r} is not ready", "not_ready")
         return model
 
-    async def status(model: str, version: str | None = None, label: str | None = None) -> dict:
+    async def status(request: Request, model: str, version: str | None,
+                     label: str | None) -> dict:
         found = served(model, version, label)
         state = {"ready": "AVAILABLE", "loading": "LOADING", "failed": "END"}[found.state]
         error = ({"error_code": "UNKNOWN", "error_message": found.error} if found.error
@@ -63,7 +66,8 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         return {"model_version_status": [
             {"version": found.spec.version, "state": state, "status": error}]}
 
-    async def metadata(model: str, version: str | None = None, label: str | None = None) -> dict:
+    async def metadata(request: Request, model: str, version: str | None,
+                       label: str | None) -> dict:
         found = ready(served(model, version, label))
         tensor_in, tensor_out = model_input(found), model_output(found)
         signature = {
@@ -90,8 +94,8 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         metrics.requests.labels(found.spec.name, route, "200").inc()
         return output
 
-    async def predict(request: Request, model: str, version: str | None = None,
-                      label: str | None = None) -> Response:
+    async def predict(request: Request, model: str, version: str | None,
+                      label: str | None) -> Response:
         found = ready(served(model, version, label))
         body = tfs.loads(await read_body(request, deadline_for(request, settings.timeout)))
         batch, rows_format = tfs.predict_batch(body, model_input(found).name)
@@ -99,8 +103,8 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         key = "predictions" if rows_format else "outputs"
         return Response(tfs.dumps({key: output.tolist()}), media_type="application/json")
 
-    async def classify(request: Request, model: str, version: str | None = None,
-                       label: str | None = None) -> Response:
+    async def classify(request: Request, model: str, version: str | None,
+                       label: str | None) -> Response:
         found = ready(served(model, version, label))
         body = tfs.loads(await read_body(request, deadline_for(request, settings.timeout)))
         output = await run(request, found, tfs.classify_batch(body), "tfs_classify")
@@ -110,19 +114,50 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
                    for row in output]
         return Response(tfs.dumps({"results": results}), media_type="application/json")
 
-    async def regress(model: str, version: str | None = None, label: str | None = None):
+    async def regress(request: Request, model: str, version: str | None, label: str | None):
         served(model, version, label)
         raise InvalidInput("Expected regression signature method_name to be "
                            "tensorflow/serving/regress; this model classifies")
 
-    for path in ("/{model}", "/{model}/versions/{version}", "/{model}/labels/{label}"):
-        api.add_api_route(path, status, methods=["GET"], summary="Model status")
-        api.add_api_route(f"{path}/metadata", metadata, methods=["GET"],
-                          summary="Model metadata (signature_def)")
-        api.add_api_route(f"{path}:predict", predict, methods=["POST"], summary="Predict",
-                          openapi_extra=_body_doc(tfs.PredictRequest))
-        api.add_api_route(f"{path}:classify", classify, methods=["POST"], summary="Classify",
-                          openapi_extra=_body_doc(tfs.ClassifyRequest))
-        api.add_api_route(f"{path}:regress", regress, methods=["POST"],
+    for path, endpoint in (("/{model}", at_model), ("/{model}/versions/{version}", at_version),
+                           ("/{model}/labels/{label}", at_label)):
+        api.add_api_route(path, endpoint(status), methods=["GET"], summary="Model status",
+                          **documented(tfs.ModelStatus))
+        api.add_api_route(f"{path}/metadata", endpoint(metadata), methods=["GET"],
+                          summary="Model metadata (signature_def)",
+                          **documented(tfs.ModelMetadata))
+        api.add_api_route(f"{path}:predict", endpoint(predict), methods=["POST"],
+                          summary="Predict", openapi_extra=_body_doc(tfs.PredictRequest),
+                          **documented(tfs.PredictResponse))
+        api.add_api_route(f"{path}:classify", endpoint(classify), methods=["POST"],
+                          summary="Classify", openapi_extra=_body_doc(tfs.ClassifyRequest),
+                          **documented(tfs.ClassifyResponse))
+        api.add_api_route(f"{path}:regress", endpoint(regress), methods=["POST"],
                           summary="Regress (not supported by classifiers)")
     return api
+
+
+def at_model(handler):
+    """``handler`` at a path without a version or label: the served version."""
+
+    async def endpoint(request: Request, model: str):
+        return await handler(request, model, None, None)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def at_version(handler):
+    async def endpoint(request: Request, model: str, version: str):
+        return await handler(request, model, version, None)
+
+    endpoint.__name__ = f"{handler.__name__}_version"
+    return endpoint
+
+
+def at_label(handler):
+    async def endpoint(request: Request, model: str, label: str):
+        return await handler(request, model, None, label)
+
+    endpoint.__name__ = f"{handler.__name__}_label"
+    return endpoint

@@ -34,7 +34,7 @@ from .protocol_errors import ProtocolRoute, read_body
 from .responses import JSON
 
 _HEADER = "inference-header-content-length"
-_ERRORS = {status: {"model": v2.ErrorBody} for status in (400, 404, 503)}
+_ERRORS = {status: {"model": v2.ProtocolError} for status in (400, 404, 503)}
 INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -52,6 +52,10 @@ INFER_BODY = {
         "description": "Length of the JSON part when binary tensors follow (0: raw input).",
     }],
 }
+BINARY_RESPONSE = {200: {"content": {"application/octet-stream": {"schema": {
+    "type": "string", "format": "binary",
+    "description": "With binary outputs: the JSON response (Inference-Header-Content-Length "
+                   "bytes), then the tensors."}}}}}
 PLATFORMS = {"onnx": "onnxruntime_onnx"}
 
 
@@ -96,7 +100,7 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         return [_index_entry(m) for m in service.models.values()
                 if not only_ready or m.state == "ready"]
 
-    async def model_ready(model: str, version: str | None = None) -> JSON:
+    async def model_ready(request: Request, model: str, version: str | None) -> JSON:
         found = service.model(model)
         ok = (found.state == "ready" and found.pool.ready_workers > 0
               and version in (None, found.spec.version))
@@ -104,7 +108,7 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
             raise NotFound(f"model {model!r} has no version {version!r}")
         return JSON({"name": model, "ready": ok}, status_code=200 if ok else 503)
 
-    async def model_metadata(model: str, version: str | None = None) -> dict:
+    async def model_metadata(request: Request, model: str, version: str | None) -> dict:
         found = ready(served(model, version))
         tensor_in, tensor_out = model_input(found), model_output(found)
         return {
@@ -116,7 +120,7 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
                          "shape": batched(tensor_out.shape)}],
         }
 
-    async def infer(request: Request, model: str, version: str | None = None) -> Response:
+    async def infer(request: Request, model: str, version: str | None) -> Response:
         found = ready(served(model, version))
         deadline = deadline_for(request, settings.timeout)
         body = await read_body(request, deadline)
@@ -135,16 +139,36 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         metrics.requests.labels(model, "v2_infer", "200").inc()
         return _response(found, inference, shaped_output(found, output))
 
-    base = "/models/{model}"
-    versioned = "/models/{model}/versions/{version}"
-    for path in (base, versioned):
-        api.add_api_route(f"{path}/ready", model_ready, methods=["GET"],
+    for path, endpoint in (("/models/{model}", at_model),
+                           ("/models/{model}/versions/{version}", at_version)):
+        api.add_api_route(f"{path}/ready", endpoint(model_ready), methods=["GET"],
                           summary="Model ready (503 when not)", response_model=v2.ModelReady)
-        api.add_api_route(path, model_metadata, methods=["GET"], summary="Model metadata",
-                          response_model=v2.ModelMetadata)
-        api.add_api_route(f"{path}/infer", infer, methods=["POST"], summary="Inference",
-                          response_model=v2.InferenceResponse, openapi_extra=INFER_BODY)
+        api.add_api_route(path, endpoint(model_metadata), methods=["GET"],
+                          summary="Model metadata", response_model=v2.ModelMetadata)
+        api.add_api_route(f"{path}/infer", endpoint(infer), methods=["POST"],
+                          summary="Inference", response_model=v2.InferenceResponse,
+                          openapi_extra=INFER_BODY, responses=BINARY_RESPONSE)
     return api
+
+
+def at_model(handler):
+    """``handler`` at a path without a version: the served one."""
+
+    async def endpoint(request: Request, model: str):
+        return await handler(request, model, None)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def at_version(handler):
+    """``handler`` at a path naming a version."""
+
+    async def endpoint(request: Request, model: str, version: str):
+        return await handler(request, model, version)
+
+    endpoint.__name__ = f"{handler.__name__}_version"
+    return endpoint
 
 
 def _index_entry(model: ServedModel) -> dict:

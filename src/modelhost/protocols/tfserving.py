@@ -39,8 +39,28 @@ class ClassifyRequest(BaseModel):
     examples: list[dict[str, Any]]
 
 
-class ErrorBody(BaseModel):
-    error: str
+class VersionStatus(BaseModel):
+    version: str
+    state: str
+    status: dict[str, str]
+
+
+class ModelStatus(BaseModel):
+    model_version_status: list[VersionStatus]
+
+
+class ModelMetadata(BaseModel):
+    model_spec: dict[str, str]
+    metadata: dict[str, Any] = Field(description="{signature_def: {signature_def: {...}}}")
+
+
+class PredictResponse(BaseModel):
+    predictions: Any = Field(None, description="Row-format answer: one value per instance.")
+    outputs: Any = Field(None, description="Columnar answer: the output tensor.")
+
+
+class ClassifyResponse(BaseModel):
+    results: list[list[tuple[str, float]]]
 
 
 @dataclass

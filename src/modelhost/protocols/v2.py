@@ -118,7 +118,7 @@ class RepositoryModel(BaseModel):
     reason: str = ""
 
 
-class ErrorBody(BaseModel):
+class ProtocolError(BaseModel):
     error: str
 
 
