@@ -8,24 +8,14 @@ not ready. Inference accepts JSON tensors and Triton's binary sections, includin
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from .. import __version__
-from ..errors import InvalidInput, ModelhostError, NotFound, Unavailable
+from ..errors import ModelhostError
 from ..metrics import Metrics
 from ..protocols import v2
-from ..protocols.rows import (
-    Row,
-    batched,
-    image_rows,
-    model_input,
-    model_output,
-    row_shape,
-    shaped_output,
-    tensor_rows,
-)
+from ..protocols import v2_model as served_v2
 from ..service import PredictionService, ServedModel
 from ..settings import Settings
 from .errors import request_id_of
@@ -56,23 +46,11 @@ BINARY_RESPONSE = {200: {"content": {"application/octet-stream": {"schema": {
     "type": "string", "format": "binary",
     "description": "With binary outputs: the JSON response (Inference-Header-Content-Length "
                    "bytes), then the tensors."}}}}}
-PLATFORMS = {"onnx": "onnxruntime_onnx"}
 
 
 def router(service: PredictionService, metrics: Metrics, settings: Settings) -> APIRouter:
     api = APIRouter(prefix="/v2", tags=["kserve v2"], route_class=ProtocolRoute,
                     responses=_ERRORS)
-
-    def served(name: str, version: str | None) -> ServedModel:
-        model = service.model(name)
-        if version is not None and version != model.spec.version:
-            raise NotFound(f"version {version!r} of model {name!r} is not served")
-        return model
-
-    def ready(model: ServedModel) -> ServedModel:
-        if model.state != "ready" or model.info is None:
-            raise Unavailable(f"model {model.spec.name!r} is not ready", "not_ready")
-        return model
 
     @api.get("", summary="Server metadata", response_model=v2.ServerMetadata)
     async def server_metadata() -> dict:
@@ -101,43 +79,34 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
                 if not only_ready or m.state == "ready"]
 
     async def model_ready(request: Request, model: str, version: str | None) -> JSON:
-        found = service.model(model)
-        ok = (found.state == "ready" and found.pool.ready_workers > 0
-              and version in (None, found.spec.version))
-        if version is not None and version not in found.spec.versions:
-            raise NotFound(f"model {model!r} has no version {version!r}")
+        ok = served_v2.is_ready(service, model, version)
         return JSON({"name": model, "ready": ok}, status_code=200 if ok else 503)
 
     async def model_metadata(request: Request, model: str, version: str | None) -> dict:
-        found = ready(served(model, version))
-        tensor_in, tensor_out = model_input(found), model_output(found)
-        return {
-            "name": model, "versions": list(found.spec.versions) or [found.spec.version],
-            "platform": PLATFORMS.get(found.spec.format, found.spec.format),
-            "inputs": [{"name": tensor_in.name, "datatype": v2.datatype_of(tensor_in.dtype),
-                        "shape": batched(tensor_in.shape)}],
-            "outputs": [{"name": tensor_out.name, "datatype": v2.datatype_of(tensor_out.dtype),
-                         "shape": batched(tensor_out.shape)}],
-        }
+        return served_v2.metadata(served_v2.served(service, model, version))
 
     async def infer(request: Request, model: str, version: str | None) -> Response:
-        found = ready(served(model, version))
+        found = served_v2.served(service, model, version)
         deadline = deadline_for(request, settings.timeout)
         body = await read_body(request, deadline)
         header, binary = v2.split_body(body, request.headers.get(_HEADER))
         if request.headers.get(_HEADER) == "0":  # raw: batch 1, every output binary
             inference = v2.InferenceRequest(inputs=[], parameters={"binary_data_output": True})
-            rows = _raw_rows(found, bytes(binary))
+            rows = served_v2.raw_rows(found, bytes(binary))
         else:
             inference = v2.parse_request(header)
-            rows = _rows(found, v2.decode_inputs(inference, binary))
+            rows = served_v2.rows(found, v2.decode_inputs(inference, binary))
+        wanted = served_v2.wanted_outputs(
+            found, [(o.name, o.parameters or {}) for o in inference.outputs or []] or None,
+            bool((inference.parameters or {}).get("binary_data_output", False)))
         try:
             output = await service.infer(model, rows, deadline, request_id_of(request))
         except ModelhostError as exc:
             metrics.requests.labels(model, "v2_infer", str(exc.status)).inc()
             raise
         metrics.requests.labels(model, "v2_infer", "200").inc()
-        return _response(found, inference, shaped_output(found, output))
+        values = served_v2.output_values(found, wanted, output)
+        return _response(found, inference.id, wanted, values)
 
     for path, endpoint in (("/models/{model}", at_model),
                            ("/models/{model}/versions/{version}", at_version)):
@@ -177,62 +146,18 @@ def _index_entry(model: ServedModel) -> dict:
             "reason": model.error or ""}
 
 
-def _rows(model: ServedModel, tensors: list[v2.Tensor]) -> list[Row]:
-    """The request's one input as model rows: encoded images (BYTES) or ready rows."""
-    expected = model_input(model).name
-    if len(tensors) != 1 or tensors[0].name != expected:
-        names = [t.name for t in tensors]
-        raise InvalidInput(f"the model takes one input named {expected!r}, got {names}")
-    tensor = tensors[0]
-    if isinstance(tensor.value, list):
-        if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-            raise InvalidInput(f"input {tensor.name!r}: BYTES images take shape [batch] "
-                                  "or [batch, 1]")
-        if not tensor.value:
-            raise InvalidInput(f"input {tensor.name!r}: the batch is empty")
-        return image_rows(tensor.value)
-    return tensor_rows(model, tensor.name, tensor.value)
-
-
-def _raw_rows(model: ServedModel, body: bytes) -> list[Row]:
-    """The whole body is one row of the model's input when its size fits, else an image."""
-    assert model.prep is not None
-    shape = row_shape(model)
-    dtype = np.dtype(model.prep.dtype)
-    if len(body) == int(np.prod(shape)) * dtype.itemsize:
-        array = np.frombuffer(body, dtype=dtype).reshape(1, *shape)
-        return tensor_rows(model, model_input(model).name, array)
-    if not body:
-        raise InvalidInput("the raw request body is empty")
-    return image_rows([body])
-
-
-def _response(model: ServedModel, request: v2.InferenceRequest,
-              output: np.ndarray) -> Response:
+def _response(model: ServedModel, request_id: str | None, wanted: list[served_v2.Wanted],
+              values: list) -> Response:
     """JSON, or a JSON header followed by binary outputs (Triton's extension)."""
-    name = model_output(model).name
-    binary_default = bool((request.parameters or {}).get("binary_data_output", False))
-    wanted = request.outputs or [v2.RequestOutput(name=name)]
     entries, blobs = [], []
-    for requested in wanted:
-        if requested.name != name:
-            raise InvalidInput(f"unknown output {requested.name!r}; the model's output is "
-                                  f"{name!r}")
-        params = requested.parameters or {}
-        value = output
-        k = params.get("classification")
-        if k is not None:
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise InvalidInput("classification must be a positive integer")
-            value = v2.classify(output.reshape(output.shape[0], -1), k, model.spec.labels)
-        entry, blob = v2.encode_output(name, value,
-                                       bool(params.get("binary_data", binary_default)))
+    for want, value in zip(wanted, values, strict=True):
+        entry, blob = v2.encode_output(want.name, value, want.binary)
         entries.append(entry)
         blobs.append(blob)
     body: dict = {"model_name": model.spec.name, "model_version": model.spec.version,
                   "outputs": entries}
-    if request.id is not None:
-        body["id"] = request.id
+    if request_id is not None:
+        body["id"] = request_id
     head = JSON(body).body
     if not any(blobs):
         return Response(head, media_type="application/json")
