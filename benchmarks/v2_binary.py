@@ -8,8 +8,8 @@ client as ``benchmarks/run.py``):
   (``Inference-Header-Content-Length``), classification top-5 returned;
 * v2-uint8: the same, with a ready UINT8 tensor of the model's input shape (no decode).
 
-Rounds alternate the three so that the other work on a shared machine spreads over all of
-them. Writes benchmarks/results/v2_binary.json.
+Rounds alternate the three (in reversed order every other round) so that the other work on a
+shared machine and any drift spread over all of them. Writes benchmarks/results/v2_binary.json.
 
     python benchmarks/v2_binary.py                      # tiny and imagenet, c=16
     python benchmarks/v2_binary.py --models tiny --seconds 5 --rounds 1
@@ -73,8 +73,9 @@ def measure(folder: Path, jpeg: bytes, concurrency: int, seconds: float, rounds:
             response = httpx.request(target.method, target.url, content=target.body,
                                      headers=dict(target.headers), timeout=30)
             assert response.status_code == 200, response.text
-        for _ in range(rounds):
-            for name, target in chosen.items():
+        for round_ in range(rounds):
+            order = list(chosen.items())
+            for name, target in order[::-1] if round_ % 2 else order:
                 spec = loadgen.LoadSpec(target, concurrency, name=name)
                 result = loadgen.run_load_sync([spec], seconds, warmup=1.0)[0]
                 assert not result.errors, result.errors

@@ -134,3 +134,9 @@ def test_malformed_json_is_400(repo_server):
     assert "JSON" in tfs_error(response, 400)
     assert "nope" in tfs_error(repo_server.client.post("/v1/models/nope:predict",
                                                        json={"instances": [1]}), 404)
+
+
+def test_absurdly_nested_json_is_400_not_500(repo_server):
+    body = b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = repo_server.client.post("/v1/models/rgb:predict", content=body)
+    assert "JSON" in tfs_error(response, 400)

@@ -259,3 +259,10 @@ def test_v2_rows_batch_with_native_uploads(tmp_path):
         assert 'modelhost_batch_size_count{model="rgb"} 3.0' in metrics
     finally:
         assert server.stop() == 0
+
+
+def test_repository_index_rejects_a_bad_body(repo_server):
+    response = repo_server.client.post("/v2/repository/index", content=b"{nope")
+    assert "JSON" in v2_error(response, 400)
+    response = repo_server.client.post("/v2/repository/index", json={"ready": "maybe"})
+    assert "ready" in v2_error(response, 400)

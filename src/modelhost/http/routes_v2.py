@@ -42,6 +42,8 @@ INFER_BODY = {
         "description": "Length of the JSON part when binary tensors follow (0: raw input).",
     }],
 }
+INDEX_BODY = {"requestBody": {"required": False, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/RepositoryIndexRequest"}}}}}
 BINARY_RESPONSE = {200: {"content": {"application/octet-stream": {"schema": {
     "type": "string", "format": "binary",
     "description": "With binary outputs: the JSON response (Inference-Header-Content-Length "
@@ -71,10 +73,10 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         return {"models": list(service.models)}
 
     @api.post("/repository/index", summary="The repository's models and their state",
-              response_model=list[v2.RepositoryModel])
+              response_model=list[v2.RepositoryModel], openapi_extra=INDEX_BODY)
     async def repository_index(request: Request) -> list[dict]:
         body = await request.body()
-        only_ready = bool(body) and v2.RepositoryIndexRequest.model_validate_json(body).ready
+        only_ready = bool(body) and v2.parse_index_request(body).ready
         return [_index_entry(m) for m in service.models.values()
                 if not only_ready or m.state == "ready"]
 

@@ -75,7 +75,7 @@ def loads(body: bytes) -> dict:
     """A request body as a JSON object (NaN/Infinity tokens accepted)."""
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to be a tensor
         raise MalformedRequest("the request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidInput("the request body must be a JSON object")

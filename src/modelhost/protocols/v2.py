@@ -159,8 +159,16 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 
 def parse_request(header: bytes) -> InferenceRequest:
     """The JSON part of an inference request, validated."""
+    return _parse(InferenceRequest, header)
+
+
+def parse_index_request(body: bytes) -> RepositoryIndexRequest:
+    return _parse(RepositoryIndexRequest, body)
+
+
+def _parse(model: type[BaseModel], body: bytes):
     try:
-        return InferenceRequest.model_validate_json(header)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
