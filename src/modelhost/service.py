@@ -177,23 +177,31 @@ class PredictionService:
             model = self.model(name)
             self._check_ready(model)
             started = time.perf_counter()
-            async with _deadline(deadline):
-                for data, region in rows:
-                    if isinstance(region, Region):
-                        check(data, region, model.spec.config.default_crop, self._max_pixels)
-                outs = await asyncio.gather(
-                    *(model.batcher.submit(data, region, deadline) for data, region in rows),
-                    return_exceptions=True)
-        failed = [o for o in outs if isinstance(o, BaseException)]
-        if failed:
-            error = failed[0]
-            if isinstance(error, ModelhostError):
-                self._log_failure(name, model.spec.version, error, started, request_id)
-            raise error
+            try:
+                async with _deadline(deadline):
+                    outs = await self._submit_rows(model, rows, deadline)
+            except ModelhostError as exc:
+                self._log_failure(name, model.spec.version, exc, started, request_id)
+                raise
         self._metrics.total.labels(name).observe(time.perf_counter() - started)
         for out in outs:
             self._metrics.batch_size.labels(name).observe(out.batch_size)
         return np.stack([out.row for out in outs])
+
+    async def _submit_rows(self, model: ServedModel, rows: list[tuple[bytes, Region | RawTensor]],
+                           deadline: float) -> list:
+        """Check every image's header before any row queues, then queue them all."""
+        for data, region in rows:
+            if isinstance(region, Region):
+                check(data, region, model.spec.config.default_crop, self._max_pixels)
+        if len(rows) == 1:  # the common case needs no task per row
+            return [await model.batcher.submit(*rows[0], deadline)]
+        outs = await asyncio.gather(*(model.batcher.submit(data, region, deadline)
+                                      for data, region in rows), return_exceptions=True)
+        for out in outs:
+            if isinstance(out, BaseException):
+                raise out
+        return outs
 
     def model(self, name: str) -> ServedModel:
         model = self.models.get(name)
