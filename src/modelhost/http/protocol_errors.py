@@ -9,7 +9,6 @@ and 503 keep their ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -22,8 +21,6 @@ from starlette.responses import Response
 
 from ..errors import InvalidInput, ModelhostError, RequestTimeout
 from .responses import JSON
-
-log = logging.getLogger("modelhost.http")
 
 _AS_BAD_REQUEST = {415, 422}
 
