@@ -69,7 +69,10 @@ def children_of(pid: int) -> list[int]:
 def start_server(args: list[str], tmp: Path, *, wait_ready: bool = True, timeout: float = 120,
                  env: dict | None = None) -> LiveServer:
     """Start ``modelhost serve ARGS --port 0`` and wait for its URL (and readiness)."""
-    log_path = tmp / f"server-{time.monotonic_ns()}.log"
+    stamp = time.monotonic_ns()
+    log_path = tmp / f"server-{stamp}.log"
+    if "--db" not in args and "MODELHOST_DB" not in (env or {}):
+        args = [*args, "--db", f"sqlite:///{tmp / f'predictions-{stamp}.db'}"]  # its own
     log_file = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "modelhost.cli", "serve", *args, "--port", "0"],

@@ -5,6 +5,7 @@ Every long-lived object is built here, once, and handed to the objects that use 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from fastapi import FastAPI
 
 from .batching.batcher import Batcher
 from .demo import DEMO_DIR, imagenet_available
+from .feedback.journal import Journal, claim
+from .feedback.recorder import PredictionLog
+from .feedback.store import Store
 from .http.app import create_app
 from .http.server import Server
 from .inputs.sources import SourceReader
@@ -79,9 +83,25 @@ def build_service(settings: Settings, specs: list[ModelSpec]) -> tuple[Predictio
     service = PredictionService(
         served, sources, metrics,
         max_pixels=settings.max_pixels, keep_going=settings.keep_going,
+        prediction_log=prediction_log(settings) if settings.log_predictions else None,
     )
     metrics.watch(service.state_rows)
+    if service.prediction_log is not None:
+        metrics.watch_prediction_log(service.prediction_log.state)
     return service, metrics
+
+
+def prediction_log(settings: Settings) -> PredictionLog:
+    """The database and the journal that feeds it (one journal folder per database URL)."""
+    store = Store(settings.db)
+    if settings.journal_dir is not None:
+        journal = Journal(settings.journal_dir)
+        journal.open()  # fails now, with a clear message, if another server holds it
+    else:
+        key = hashlib.sha256(settings.db.encode()).hexdigest()[:16]
+        journal = claim(settings.cache_dir / "journal" / key)
+    return PredictionLog(store, journal, images=settings.store_images,
+                         retention_days=settings.retention_days)
 
 
 def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:

@@ -47,8 +47,33 @@ class Metrics:
         ``state`` reports when Prometheus scrapes."""
         self.registry.register(_StateCollector(state))
 
+    def watch_prediction_log(self, state: Callable[[], dict]) -> None:
+        """Export the prediction log's health: database reachable, segments waiting in the
+        journal, records stored (alert when the database stays away or the backlog grows)."""
+        self.registry.register(_LogCollector(state))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LogCollector:
+    def __init__(self, state: Callable[[], dict]) -> None:
+        self._state = state
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        state = self._state()
+        yield GaugeMetricFamily("modelhost_prediction_log_database_up",
+                                "1 when the prediction log database takes writes.",
+                                value=1 if state["database"] == "ok" else 0)
+        yield GaugeMetricFamily("modelhost_prediction_log_waiting_segments",
+                                "Journal segments waiting for the database.",
+                                value=state["waiting_segments"])
+        yield CounterMetricFamily("modelhost_prediction_log_records_stored",
+                                  "Prediction and feedback records stored in the database.",
+                                  value=state["stored_records"])
 
 
 class _StateCollector:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .batching.batcher import Batcher
 from .errors import ModelhostError, NotFound, Timeout, Unavailable
+from .feedback.recorder import PredictionLog
 from .inputs.images import check
 from .inputs.sources import Source, SourceReader
 from .metrics import Metrics
@@ -40,6 +41,7 @@ class PredictRequest:
     source: Source
     region: Region = field(default_factory=Region)
     top_k: int | None = None
+    client: str | None = None  # the API key's name, for the prediction log
 
 
 @dataclass
@@ -69,9 +71,11 @@ class PredictionService:
     """Runs predictions on the served models and reports on their health."""
 
     def __init__(self, models: list[ServedModel], sources: SourceReader, metrics: Metrics, *,
-                 max_pixels: int, keep_going: bool) -> None:
+                 max_pixels: int, keep_going: bool,
+                 prediction_log: PredictionLog | None = None) -> None:
         self.models = {m.spec.name: m for m in models}
         self.lifecycle = Lifecycle()
+        self.prediction_log = prediction_log
         self._sources = sources
         self._metrics = metrics
         self._max_pixels = max_pixels
@@ -128,7 +132,10 @@ class PredictionService:
             and all(m.state == "ready" and m.pool.ready_workers > 0 for m in self.models.values())
         )
         reason = "draining" if self.lifecycle.draining else None
-        return ready, {"ready": ready, "reason": reason, "models": models}
+        details = {"ready": ready, "reason": reason, "models": models}
+        if self.prediction_log is not None:  # reported, but predictions never wait for it
+            details["prediction_log"] = self.prediction_log.state()
+        return ready, details
 
     def state_rows(self) -> list[dict]:
         """Per-model numbers for the metrics collector."""
@@ -241,6 +248,9 @@ class PredictionService:
         prediction = Prediction(uuid.uuid4().hex, name, model.spec.version, labels, timings,
                                 out.batch_size)
         self._record(prediction, request_id)
+        if self.prediction_log is not None:
+            await self.prediction_log.record(prediction, data=data, region=request.region,
+                                             client=request.client, request_id=request_id)
         return prediction
 
     @contextlib.contextmanager

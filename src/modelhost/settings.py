@@ -13,6 +13,14 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_db_url() -> str:
+    """The prediction log's default home: a SQLite file in the XDG data folder."""
+    import os
+
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(base) / 'modelhost' / 'modelhost.db'}"
+
+
 def default_cache_dir() -> Path:
     """Where converted demo models live (XDG cache convention)."""
     import os
@@ -71,3 +79,21 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(False, description="uvicorn's access log (predictions log anyway).")
+    db: str = Field(
+        default_factory=default_db_url,
+        description="Prediction log and feedback database: sqlite:///FILE or "
+                    "postgresql+psycopg://USER:PASSWORD@HOST/DB.",
+    )
+    log_predictions: bool = Field(True, description="Record every prediction in the database.")
+    store_images: Path | None = Field(
+        None, description="Also keep each input image here, named by its sha256 (off if None)."
+    )
+    allow_new_labels: bool = Field(
+        False, description="Accept feedback labels that are not among the model's labels."
+    )
+    retention_days: float | None = Field(
+        None, gt=0, description="Delete predictions older than this many days (kept if None)."
+    )
+    journal_dir: Path | None = Field(
+        None, description="Where records wait for the database (default: under cache_dir)."
+    )

@@ -1,4 +1,4 @@
-"""The ``modelhost`` command: serve, predict, inspect, bench. Each command parses its flags
+"""The ``modelhost`` command: serve, predict, inspect, bench, report. Each command parses its flags
 and calls library code; nothing else here."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import typer
 
 from .bench import bench
 from .local import inspect, predict
+from .report import report
 from .serve import serve
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app.command()(serve)
 app.command()(predict)
 app.command()(inspect)
 app.command()(bench)
+app.command()(report)
 
 
 def main() -> None:

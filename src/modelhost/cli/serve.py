@@ -9,6 +9,8 @@ import typer
 from pydantic import ValidationError
 
 from .. import logs
+from ..feedback.journal import JournalBusy
+from ..feedback.store import BadDatabaseUrl
 from ..repository import RepositoryError
 from ..settings import Settings
 
@@ -40,9 +42,24 @@ def serve(
     drain_grace: Annotated[float | None, Opt(help="Seconds to finish requests on SIGTERM.")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
+    db: Annotated[str | None, Opt(help="Prediction log database URL: sqlite:///FILE or "
+                                  "postgresql+psycopg://... [a SQLite file in ~/.local/share].")
+                  ] = None,
+    no_log_predictions: Annotated[bool, Opt("--no-log-predictions",
+        help="Do not record predictions (feedback then has nothing to refer to).")] = False,
+    store_images: Annotated[Path | None, Opt(
+        help="Keep every input image in this folder, named by its sha256.")] = None,
+    allow_new_labels: Annotated[bool, Opt("--allow-new-labels",
+        help="Accept feedback labels the model does not have.")] = False,
+    retention_days: Annotated[float | None, Opt(
+        help="Delete logged predictions older than this many days.")] = None,
+    journal_dir: Annotated[Path | None, Opt(
+        help="Where records wait while the database is away [under the cache dir].")] = None,
 ) -> None:
     """Serve MODELS (or the demo models) over HTTP."""
     flags = {k: v for k, v in locals().items() if v is not None and v is not False}
+    if flags.pop("no_log_predictions", False):
+        flags["log_predictions"] = False
     try:
         settings = Settings(**flags)
     except ValidationError as exc:
@@ -52,7 +69,7 @@ def serve(
 
     try:
         code = run(settings)
-    except RepositoryError as exc:
+    except (RepositoryError, BadDatabaseUrl, JournalBusy) as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

@@ -15,6 +15,7 @@ from . import (
     docs,
     errors,
     pages,
+    routes_feedback,
     routes_models,
     routes_ops,
     routes_predict,
@@ -26,8 +27,12 @@ from .responses import JSON
 
 
 def create_app(service: PredictionService, metrics: Metrics, settings: Settings) -> FastAPI:
+    prediction_log = service.prediction_log
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if prediction_log is not None:
+            await prediction_log.start()
         loading = asyncio.create_task(service.start())  # serve /healthz while models load
         try:
             yield
@@ -35,6 +40,8 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await service.stop()
+            if prediction_log is not None:  # after the drain: every answered record is in
+                await prediction_log.stop()
 
     app = FastAPI(
         title="modelhost",
@@ -48,6 +55,8 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings)
     errors.install(app)
     app.include_router(routes_predict.router(service, metrics, settings))
     app.include_router(routes_models.router(service))
+    app.include_router(routes_feedback.router(service, prediction_log,
+                                              allow_new_labels=settings.allow_new_labels))
     app.include_router(routes_ops.router(service, metrics))
     app.include_router(routes_v2.router(service, metrics, settings))
     app.include_router(routes_tfserving.router(service, metrics, settings))

@@ -52,6 +52,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSON:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return error_response(request_id_of(request), 400, "malformed_request",
+                                  "the body is not valid JSON")
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path"))
         message = f"{where}: {first.get('msg', 'invalid value')}" if where else "invalid request"
         return error_response(request_id_of(request), 422, "invalid_parameter", message)

@@ -18,6 +18,10 @@ def router() -> APIRouter:
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @pages.get("/dashboard")
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC_DIR / "dashboard.html", headers={"Cache-Control": "no-cache"})
+
     @pages.get("/favicon.ico")
     async def favicon() -> FileResponse:
         return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml",

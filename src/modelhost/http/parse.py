@@ -47,6 +47,11 @@ def deadline_for(request: Request, timeout: float) -> float:
     return asyncio.get_running_loop().time() + timeout
 
 
+def client_of(request: Request) -> str | None:
+    """The authenticated API key's name (set by the auth middleware), if any."""
+    return getattr(request.state, "api_key_name", None)
+
+
 async def read_predict_request(request: Request, deadline: float) -> PredictRequest:
     """Parse the body within the deadline; a client too slow to send it gets 408."""
     try:
@@ -56,7 +61,8 @@ async def read_predict_request(request: Request, deadline: float) -> PredictRequ
         raise RequestTimeout("the request body did not arrive in time") from None
     merged = {k: v for k, v in request.query_params.items() if k in _OPTION_NAMES}
     merged.update(options)
-    return PredictRequest(source=source, region=_region(merged), top_k=_top_k(merged))
+    return PredictRequest(source=source, region=_region(merged), top_k=_top_k(merged),
+                          client=client_of(request))
 
 
 def query_source(request: Request) -> PredictRequest:
@@ -67,7 +73,8 @@ def query_source(request: Request) -> PredictRequest:
         raise InvalidInput("give exactly one of url= or path=")
     source: Source = RemoteUrl(url) if url is not None else ServerPath(path or "")
     options = {k: v for k, v in params.items() if k in _OPTION_NAMES}
-    return PredictRequest(source=source, region=_region(options), top_k=_top_k(options))
+    return PredictRequest(source=source, region=_region(options), top_k=_top_k(options),
+                          client=client_of(request))
 
 
 async def _read_body(request: Request) -> tuple[Source, dict]:

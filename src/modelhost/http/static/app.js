@@ -160,6 +160,7 @@
     els.resultModel.textContent = "";
     els.timings.hidden = true;
     els.timings.replaceChildren();
+    document.dispatchEvent(new CustomEvent("modelhost:cleared"));
   }
 
   // ---------------------------------------------------------------- models
@@ -637,6 +638,7 @@
     });
     els.results.replaceChildren(...items);
     els.results.removeAttribute("aria-busy");
+    document.dispatchEvent(new CustomEvent("modelhost:prediction", { detail: data }));
 
     els.predictionId.textContent = String(data.id || "");
     els.resultModel.textContent = data.version ? `${data.model} v${data.version}` : String(data.model || "");

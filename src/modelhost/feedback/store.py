@@ -1,0 +1,212 @@
+"""Store: the prediction log and feedback in one SQL database, through SQLAlchemy Core.
+
+SQLite (a file, WAL mode, ``synchronous=FULL`` so that a commit survives a crash) is the
+default; PostgreSQL is used by URL (``postgresql+psycopg://...``). Every write is idempotent
+— predictions are inserted once by id, feedback is upserted by prediction id — so that the
+journal can replay records after a crash or an outage without duplicating any.
+
+All methods block: callers run them in a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from .schema import feedback, predictions
+
+log = logging.getLogger("modelhost.feedback")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class BadDatabaseUrl(ValueError):
+    """--db names something modelhost cannot store into."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or cannot take writes (down, full, locked)."""
+
+
+class Store:
+    """One database holding predictions and feedback."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = _engine(url)
+        self.url = self.engine.url
+        self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" \
+            else sqlite.insert
+
+    def describe(self) -> str:
+        """The URL without its password, for logs."""
+        return self.url.render_as_string(hide_password=True)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (Alembic); safe to run on every start."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with _available(), self.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def write(self, records: Iterable[dict]) -> None:
+        """Store journal records (predictions and feedback, in order) in one transaction."""
+        with _available(), self.engine.begin() as conn:
+            for record in records:
+                if record["kind"] == "prediction":
+                    conn.execute(self._prediction_insert(), [_prediction_row(record)])
+                else:
+                    conn.execute(self._feedback_upsert(), [_feedback_row(record)])
+
+    def prediction(self, prediction_id: str) -> dict | None:
+        """The stored prediction's model, version and labels, or None."""
+        query = select(predictions.c.model, predictions.c.version, predictions.c.labels,
+                       predictions.c.top1).where(predictions.c.id == prediction_id)
+        with _available(), self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return row._asdict() if row else None
+
+    def feedback_of(self, prediction_id: str) -> dict | None:
+        query = select(feedback).where(feedback.c.prediction_id == prediction_id)
+        with _available(), self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return row._asdict() if row else None
+
+    def count_predictions(self, model: str, since: datetime | None, until: datetime | None,
+                          version: str | None) -> int:
+        query = _window(select(func.count()).select_from(predictions), model, since, until,
+                        version)
+        with _available(), self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def judged(self, model: str, since: datetime | None, until: datetime | None,
+               version: str | None) -> list[dict]:
+        """Predictions that got feedback, with what the user chose."""
+        query = _window(
+            select(predictions.c.id, predictions.c.created_at, predictions.c.version,
+                   predictions.c.labels, predictions.c.top1, predictions.c.scores,
+                   feedback.c.label, feedback.c.correct)
+            .join(feedback, feedback.c.prediction_id == predictions.c.id),
+            model, since, until, version,
+        ).order_by(predictions.c.created_at)
+        with _available(), self.engine.connect() as conn:
+            rows = [row._asdict() for row in conn.execute(query)]
+        for row in rows:
+            row["created_at"] = _aware(row["created_at"])
+        return rows
+
+    def timings(self, model: str, since: datetime | None, until: datetime | None,
+                version: str | None) -> list[tuple[datetime, float]]:
+        """(time, total ms) of each prediction in the window, oldest first."""
+        query = _window(select(predictions.c.created_at, predictions.c.total_ms), model, since,
+                        until, version).order_by(predictions.c.created_at)
+        with _available(), self.engine.connect() as conn:
+            return [(_aware(t), ms) for t, ms in conn.execute(query)]
+
+    def delete_before(self, cutoff: datetime) -> int:
+        """Retention: drop predictions (and their feedback) older than ``cutoff``."""
+        old = select(predictions.c.id).where(predictions.c.created_at < cutoff)
+        with _available(), self.engine.begin() as conn:
+            conn.execute(delete(feedback).where(feedback.c.prediction_id.in_(old)))
+            return conn.execute(delete(predictions).where(predictions.c.created_at < cutoff)) \
+                .rowcount
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _prediction_insert(self):
+        return self._insert(predictions).on_conflict_do_nothing(index_elements=["id"])
+
+    def _feedback_upsert(self):
+        stmt = self._insert(feedback)
+        return stmt.on_conflict_do_update(
+            index_elements=["prediction_id"],
+            set_={"label": stmt.excluded.label, "correct": stmt.excluded.correct,
+                  "updated_at": stmt.excluded.updated_at, "client": stmt.excluded.client},
+        )
+
+
+def _engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # SQLAlchemy's ArgumentError says what is wrong with the text
+        raise BadDatabaseUrl(f"--db: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4,
+                             pool_timeout=5, connect_args={"connect_timeout": 3})
+    raise BadDatabaseUrl(f"--db must be a sqlite:/// or postgresql+psycopg:// URL, not {url!r}")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a commit is on disk before the answer
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class _available:
+    """Turn 'the database is down/full/locked' into StoreUnavailable; other errors propagate."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, _tb):
+        if isinstance(exc, OperationalError | InterfaceError):
+            raise StoreUnavailable(str(exc.orig or exc).splitlines()[0]) from exc
+        return False
+
+
+def _window(query, model: str, since, until, version):
+    query = query.where(predictions.c.model == model)
+    if since is not None:
+        query = query.where(predictions.c.created_at >= since)
+    if until is not None:
+        query = query.where(predictions.c.created_at < until)
+    if version is not None:
+        query = query.where(predictions.c.version == version)
+    return query
+
+
+def _time(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _prediction_row(r: dict) -> dict:
+    return {
+        "id": r["id"], "created_at": _time(r["time"]), "model": r["model"],
+        "version": r["version"], "input_sha256": r["sha256"], "x": r.get("x"), "y": r.get("y"),
+        "crop": r.get("crop"), "labels": r["labels"], "scores": r["scores"],
+        "top1": r["labels"][0] if r["labels"] else None, "decode_ms": r["decode_ms"],
+        "queue_ms": r["queue_ms"], "inference_ms": r["inference_ms"], "total_ms": r["total_ms"],
+        "batch_size": r["batch_size"], "client": r.get("client"),
+        "request_id": r.get("request_id"),
+    }
+
+
+def _feedback_row(r: dict) -> dict:
+    return {
+        "prediction_id": r["prediction_id"], "label": r.get("label"), "correct": r["correct"],
+        "created_at": _time(r["time"]), "updated_at": _time(r["time"]),
+        "client": r.get("client"),
+    }

@@ -1,0 +1,134 @@
+"""Feedback and what is learned from it: POST a user's label for a prediction, read accuracy
+and latency per model (the dashboard and `modelhost report` show the same numbers)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field, model_validator
+
+from ..errors import InvalidInput, NotFound, Unavailable
+from ..feedback import report
+from ..feedback.labels import check_known, clean_label
+from ..feedback.recorder import PredictionLog
+from ..feedback.schema import LABEL_MAX
+from ..feedback.store import StoreUnavailable
+from ..service import PredictionService
+from .parse import client_of
+from .responses import JSON
+
+
+class FeedbackIn(BaseModel):
+    """What the user says about a prediction: the label they chose, or only whether the
+    top-1 was right."""
+
+    label: str | None = Field(None, max_length=LABEL_MAX * 2,
+                              description="The label the user chose.")
+    correct: bool | None = Field(None, description="Whether the top-1 label was right.")
+
+    @model_validator(mode="after")
+    def one_of(self) -> FeedbackIn:
+        if self.label is None and self.correct is None:
+            raise ValueError("give `label` or `correct`")
+        return self
+
+
+class FeedbackOut(BaseModel):
+    prediction_id: str
+    model: str
+    label: str | None
+    correct: bool
+    stored: bool = Field(description="True: in the database (200). False: kept durably in the "
+                                     "journal until the database is back (202).")
+
+
+Since = Annotated[datetime | None, Query(description="ISO time; from this moment on.")]
+Until = Annotated[datetime | None, Query(description="ISO time; before this moment.")]
+Version = Annotated[str | None, Query(description="Only this model version.")]
+
+
+def router(service: PredictionService, prediction_log: PredictionLog | None, *,
+           allow_new_labels: bool) -> APIRouter:
+    api = APIRouter(prefix="/api", tags=["feedback"])
+
+    def the_log() -> PredictionLog:
+        if prediction_log is None:
+            raise NotFound("predictions are not logged on this server (--no-log-predictions)")
+        return prediction_log
+
+    @api.post("/predictions/{prediction_id}/feedback", response_model=FeedbackOut,
+              responses={202: {"model": FeedbackOut}},
+              summary="Tell which label was right for a prediction")
+    async def feedback(prediction_id: str, body: FeedbackIn, request: Request) -> JSON:
+        log = the_log()
+        logged = await log.lookup(prediction_id)
+        label = clean_label(body.label) if body.label is not None else None
+        if label is not None and not allow_new_labels:
+            check_known(label, _labels_of(service, logged.model), logged.model)
+        correct = label == logged.top1 if label is not None else bool(body.correct)
+        if label is None and correct:
+            label = logged.top1
+        if body.correct is not None and body.correct != correct:
+            raise InvalidInput("`correct` contradicts `label` (the top-1 was "
+                               f"{logged.top1!r})")
+        stored = await log.feedback(prediction_id, label, correct, client_of(request))
+        out = FeedbackOut(prediction_id=prediction_id, model=logged.model, label=label,
+                          correct=correct, stored=stored)
+        return JSON(out.model_dump(), status_code=200 if stored else 202)
+
+    @api.get("/models/{model}/accuracy", summary="Accuracy learned from users' feedback")
+    async def accuracy(model: str, since: Since = None, until: Until = None,
+                       version: Version = None) -> JSON:
+        store = _store_for(service, the_log(), model)
+        window = (_utc(since), _utc(until), version)
+        count, judged = await _read(
+            lambda: (store.count_predictions(model, *window), store.judged(model, *window)))
+        return JSON({"model": model, "version": version, "since": _iso(since),
+                     "until": _iso(until), **report.accuracy(judged, count)})
+
+    @api.get("/models/{model}/latency", summary="Latency percentiles and throughput over time")
+    async def latency(model: str, since: Since = None, until: Until = None,
+                      version: Version = None) -> JSON:
+        store = _store_for(service, the_log(), model)
+        timings = await _read(lambda: store.timings(model, _utc(since), _utc(until), version))
+        return JSON({"model": model, "version": version, **report.latency(timings)})
+
+    return api
+
+
+def _labels_of(service: PredictionService, name: str) -> frozenset[str]:
+    """The labels a user may choose for ``name``: its labels.txt, or class indices."""
+    model = service.models.get(name)
+    if model is None:
+        return frozenset()
+    if model.spec.labels:
+        return frozenset(model.spec.labels)
+    outputs = model.info.outputs if model.info else ()
+    classes = outputs[0].shape[-1] if outputs and outputs[0].shape else 0
+    return frozenset(str(i) for i in range(max(classes, 0)))
+
+
+def _store_for(service: PredictionService, log: PredictionLog, model: str):
+    service.model(model)  # 404 for a model this server does not serve
+    return log.store
+
+
+async def _read(query):
+    try:
+        return await asyncio.to_thread(query)
+    except StoreUnavailable:
+        raise Unavailable("the prediction log database is unavailable", "db_unavailable",
+                          retry_after=5.0) from None
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    if at is None:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return _utc(at).isoformat() if at else None

@@ -1,0 +1,188 @@
+// The accuracy dashboard: the same numbers as GET /api/models/{model}/accuracy and /latency,
+// as tables and Chart.js charts (vendored in static/vendor; no CDN). Text goes in through
+// textContent only.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    model: $("model"), window: $("window"), version: $("version"), status: $("status"),
+  };
+  const charts = {};
+  const COLOURS = ["#0b5cad", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490"];
+
+  const pct = (v) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(1)} %`);
+  const num = (v) => (v === null || v === undefined ? "–" : String(v));
+
+  function cell(tag, text) {
+    const node = document.createElement(tag);
+    node.textContent = text;
+    return node;
+  }
+
+  function fillRows(testid, rows) {
+    const body = document.querySelector(`[data-testid="${testid}"] tbody`);
+    body.replaceChildren(...rows.map((values) => {
+      const tr = document.createElement("tr");
+      values.forEach((v, i) => tr.append(cell(i === 0 ? "th" : "td", v)));
+      tr.firstChild.setAttribute("scope", "row");
+      return tr;
+    }));
+  }
+
+  function setSummary(key, text) {
+    document.querySelector(`[data-testid="summary"] [data-key="${key}"]`).textContent = text;
+  }
+
+  function draw(id, config) {
+    if (charts[id]) charts[id].destroy();
+    config.options = {
+      responsive: true, maintainAspectRatio: false, animation: false,
+      interaction: { mode: "index", intersect: false }, ...config.options,
+    };
+    charts[id] = new window.Chart($(id), config);
+  }
+
+  function query() {
+    const params = new URLSearchParams();
+    if (els.window.value) {
+      params.set("since", new Date(Date.now() - Number(els.window.value) * 1000).toISOString());
+    }
+    if (els.version.value) params.set("version", els.version.value);
+    return params.toString();
+  }
+
+  async function getJSON(url) {
+    const resp = await fetch(url, { headers: { Accept: "application/json" } });
+    const body = await resp.json().catch(() => null);
+    if (!resp.ok) throw new Error((body && body.error && body.error.message) || resp.statusText);
+    return body;
+  }
+
+  function renderAccuracy(a) {
+    setSummary("predictions", num(a.predictions));
+    setSummary("with_feedback", num(a.with_feedback));
+    setSummary("feedback_share", pct(a.feedback_share));
+    setSummary("top1", pct(a.top1.rate));
+    setSummary("top1_ci", a.top1.ci95 ? `${pct(a.top1.ci95[0])} – ${pct(a.top1.ci95[1])}` : "–");
+    setSummary("topk_name", `Top-${a.topk.k || "k"} accuracy`);
+    setSummary("topk", pct(a.topk.rate));
+    fillRows("labels-table", a.labels.map((r) => [
+      r.label, num(r.predicted), num(r.actual), num(r.hits), pct(r.precision), pct(r.recall)]));
+    fillRows("confusions", a.confusions.map((c) => [c.actual, c.predicted, num(c.count)]));
+    fillRows("rejected", a.rejected.map((r) => [
+      r.time, r.id, r.version, r.predicted || "–", r.label || "(not said)"]));
+
+    draw("chart-labels", {
+      type: "bar",
+      data: {
+        labels: a.labels.map((r) => r.label),
+        datasets: [
+          { label: "Precision", data: a.labels.map((r) => r.precision), backgroundColor: COLOURS[0] },
+          { label: "Recall", data: a.labels.map((r) => r.recall), backgroundColor: COLOURS[1] },
+        ],
+      },
+      options: { scales: { y: { min: 0, max: 1 } } },
+    });
+
+    const starts = [...new Set(a.over_time.map((p) => p.start))].sort();
+    const versions = [...new Set(a.over_time.map((p) => p.version))];
+    draw("chart-accuracy", {
+      type: "line",
+      data: {
+        labels: starts,
+        datasets: versions.map((v, i) => ({
+          label: `version ${v}`,
+          borderColor: COLOURS[i % COLOURS.length],
+          backgroundColor: COLOURS[i % COLOURS.length],
+          spanGaps: true,
+          data: starts.map((s) => {
+            const p = a.over_time.find((q) => q.version === v && q.start === s);
+            return p ? p.top1_rate : null;
+          }),
+        })),
+      },
+      options: { scales: { y: { min: 0, max: 1 } } },
+    });
+  }
+
+  function renderLatency(l) {
+    const starts = l.series.map((b) => b.start);
+    draw("chart-latency", {
+      type: "line",
+      data: {
+        labels: starts,
+        datasets: ["p50_ms", "p90_ms", "p99_ms"].map((key, i) => ({
+          label: key.replace("_ms", " (ms)"), data: l.series.map((b) => b[key]),
+          borderColor: COLOURS[i], backgroundColor: COLOURS[i],
+        })),
+      },
+      options: { scales: { y: { beginAtZero: true } } },
+    });
+    draw("chart-throughput", {
+      type: "bar",
+      data: {
+        labels: starts,
+        datasets: [{ label: "predictions per second", data: l.series.map((b) => b.per_second),
+                     backgroundColor: COLOURS[2] }],
+      },
+      options: { scales: { y: { beginAtZero: true } } },
+    });
+  }
+
+  function updateVersions(a) {
+    const known = new Set([...els.version.options].map((o) => o.value));
+    for (const v of new Set(a.over_time.map((p) => p.version))) {
+      if (known.has(v)) continue;
+      const option = document.createElement("option");
+      option.value = v;
+      option.textContent = v;
+      els.version.append(option);
+    }
+  }
+
+  async function refresh() {
+    const model = els.model.value;
+    if (!model) return;
+    els.status.textContent = "Loading…";
+    document.body.dataset.loaded = "false";
+    const base = `api/models/${encodeURIComponent(model)}`;
+    try {
+      const [accuracy, latency] = await Promise.all([
+        getJSON(`${base}/accuracy?${query()}`), getJSON(`${base}/latency?${query()}`)]);
+      renderAccuracy(accuracy);
+      renderLatency(latency);
+      updateVersions(accuracy);
+      els.status.textContent = `${accuracy.with_feedback} of ${accuracy.predictions} predictions have feedback.`;
+      document.body.dataset.loaded = "true";
+    } catch (err) {
+      els.status.textContent = `Could not load the figures: ${err.message}`;
+    }
+  }
+
+  async function start() {
+    try {
+      const listing = await getJSON("api/models");
+      els.model.replaceChildren(...listing.models.map((m) => {
+        const option = document.createElement("option");
+        option.value = m.name;
+        option.textContent = m.name;
+        return option;
+      }));
+      const wanted = new URLSearchParams(location.search).get("model");
+      if (wanted) els.model.value = wanted;
+    } catch (err) {
+      els.status.textContent = `Could not list the models: ${err.message}`;
+      return;
+    }
+    els.model.addEventListener("change", () => {
+      els.version.replaceChildren(els.version.options[0]); // versions differ per model
+      refresh();
+    });
+    els.window.addEventListener("change", refresh);
+    els.version.addEventListener("change", refresh);
+    refresh();
+  }
+
+  start();
+})();
