@@ -107,14 +107,21 @@ def test_errors_carry_the_server_code_status_and_request_id(client):
         client.predict(12345, "rgb")  # type: ignore[arg-type]
 
 
-def test_feedback_for_an_unknown_prediction_is_not_found(client):
-    """(The feedback endpoint itself is built on another branch; an unknown id is 404 both
-    with it and without it.)"""
+def test_feedback_on_a_prediction(client):
+    prediction = client.predict(solid(RED), "rgb")
+    said = client.feedback(prediction.id, "blue")
+    assert said["prediction_id"] == prediction.id and said["model"] == "rgb"
+    assert said["label"] == "blue" and said["correct"] is False
+    confirmed = client.feedback(prediction.id, correct=True)  # re-sent: updates, one row
+    assert confirmed["label"] == "red" and confirmed["correct"] is True
+    with pytest.raises(InvalidInput) as caught:
+        client.feedback(prediction.id, "purple")
+    assert caught.value.code == "unknown_label" and caught.value.status == 422
     with pytest.raises(NotFound) as caught:
         client.feedback("0" * 32, "red")
     assert caught.value.status == 404
     with pytest.raises(ValueError, match="label= or correct="):
-        client.feedback("0" * 32)
+        client.feedback(prediction.id)
 
 
 def test_async_client(repo_server):
@@ -124,6 +131,8 @@ def test_async_client(repo_server):
             many = await client.predict_many([solid(c) for c in (BLUE, RED, GREEN)], "rgb",
                                              concurrency=2)
             failed = await client.predict_many([b"nope"], "rgb", return_exceptions=True)
+            said = await client.feedback(many[0].id, correct=True)
+            assert said["label"] == "blue" and said["correct"] is True
             try:
                 await client.predict(solid(RED), "nope")
             except ModelhostError as exc:
