@@ -36,6 +36,6 @@ def test_readme_python_client_example(tmp_path, monkeypatch):
         lines = printed.getvalue().splitlines()
         assert lines[0].split()[0] == "7" and float(lines[0].split()[1]) > 0.2
         assert [line.split()[1] for line in lines[1:3]] == ["7", "7"]
-        assert lines[3] == "['digits']"
+        assert lines[3] == "['digits']" and lines[4] == "True"
     finally:
         assert server.stop() == 0
