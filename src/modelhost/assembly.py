@@ -163,6 +163,15 @@ def build_app(settings: Settings) -> FastAPI:
     return create_app(service, metrics, settings, watcher=_watcher(settings, service))
 
 
+def _grpc(service: PredictionService, metrics: Metrics, settings: Settings):
+    """The gRPC endpoint when a port is set (grpcio loads only then)."""
+    if settings.grpc_port is None:
+        return None
+    from .grpc_server import GrpcServer
+
+    return GrpcServer(service, metrics, settings)
+
+
 def serve(settings: Settings) -> int:
     """Run the server until it is stopped; the process exit status."""
     service, metrics = build_service(settings, model_specs(settings))
@@ -172,7 +181,8 @@ def serve(settings: Settings) -> int:
         lifespan="on", log_config=None, access_log=settings.access_log,
         timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
     )
-    server = Server(config, service, grace=settings.drain_grace)
+    server = Server(config, service, grace=settings.drain_grace, grpc=_grpc(service, metrics,
+                                                                           settings))
     server.run()
     if service.lifecycle.fatal:
         log.error("stopping: %s", service.lifecycle.fatal)

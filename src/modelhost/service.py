@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .postprocess import probabilities, top_k
 from .preprocessing import PreprocessingError, resolve
 from .types import ModelInfo, ModelSpec, Prediction, Preprocessing, Region, Timings
+from .workers.messages import RawTensor
 from .workers.pool import LoadError, ModelPool
 
 log = logging.getLogger("modelhost.service")
@@ -206,6 +207,41 @@ class PredictionService:
                 return_exceptions=True,
             )
         return {n: _as_outcome(r) for n, r in zip(names, results, strict=True)}
+
+    async def infer(self, name: str, rows: list[tuple[bytes, Region | RawTensor]],
+                    deadline: float, request_id: str) -> np.ndarray:
+        """Rows of one tensor-protocol request (V2, TF Serving) through one model: each row
+        joins the batcher on its own, so these requests batch with every other; a failing row
+        fails the request (the protocols have no per-row errors). Output rows, flat float32."""
+        with self._admitted():
+            model = self.model(name)
+            self._check_ready(model)
+            started = time.perf_counter()
+            try:
+                async with _deadline(deadline):
+                    outs = await self._submit_rows(model, rows, deadline)
+            except ModelhostError as exc:
+                self._log_failure(name, model.spec.version, exc, started, request_id)
+                raise
+        self._metrics.total.labels(name).observe(time.perf_counter() - started)
+        for out in outs:
+            self._metrics.batch_size.labels(name).observe(out.batch_size)
+        return np.stack([out.row for out in outs])
+
+    async def _submit_rows(self, model: ServedModel, rows: list[tuple[bytes, Region | RawTensor]],
+                           deadline: float) -> list:
+        """Check every image's header before any row queues, then queue them all."""
+        for data, region in rows:
+            if isinstance(region, Region):
+                check(data, region, model.spec.config.default_crop, self._max_pixels)
+        if len(rows) == 1:  # the common case needs no task per row
+            return [await model.batcher.submit(*rows[0], deadline)]
+        outs = await asyncio.gather(*(model.batcher.submit(data, region, deadline)
+                                      for data, region in rows), return_exceptions=True)
+        for out in outs:
+            if isinstance(out, BaseException):
+                raise out
+        return outs
 
     def model(self, name: str) -> ServedModel:
         model = self.models.get(name)

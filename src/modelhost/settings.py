@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     sha256: str | None = Field(None, description="SHA-256 (hex) that model_url's file must have.")
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless opened up.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Also serve KServe V2 over gRPC on this port (0 picks one); off if None.",
+    )
     keep_going: bool = Field(
         False, description="Serve the models that loaded when others fail, instead of exiting."
     )

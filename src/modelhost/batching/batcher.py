@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ModelhostError, Timeout, Unavailable, from_code
 from ..types import Region
+from ..workers.messages import RawTensor
 from ..workers.pool import ModelPool
 
 
@@ -35,7 +36,7 @@ class BatchOutput:
 @dataclass
 class _Item:
     data: bytes
-    region: Region
+    region: Region | RawTensor
     deadline: float
     enqueued: float
     future: asyncio.Future = field(repr=False)
@@ -66,7 +67,7 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def submit(self, data: bytes, region: Region, deadline: float) -> BatchOutput:
+    async def submit(self, data: bytes, region: Region | RawTensor, deadline: float) -> BatchOutput:
         """Queue one encoded image and wait for its output; 503 when the queue is full."""
         if len(self._items) >= self._max_queue:
             raise Unavailable("the server is at capacity; try again shortly", "overloaded",

@@ -25,6 +25,8 @@ def serve(
              "Without it, the demo models are served.")] = None,
     host: Annotated[str | None, Opt(help="Address to bind [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, Opt(help="Port [default: 8000; 0 picks a free one].")] = None,
+    grpc_port: Annotated[int | None, Opt(
+        help="Also serve KServe V2 over gRPC on this port (needs modelhost[grpc]).")] = None,
     keep_going: Annotated[bool, Opt("--keep-going",
         help="Serve the models that load; report the others on /readyz.")] = False,
     allow_path_root: Annotated[Path | None, Opt(

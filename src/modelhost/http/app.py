@@ -13,7 +13,17 @@ from ..apikeys import KeyRing
 from ..metrics import Metrics
 from ..service import PredictionService
 from ..settings import Settings
-from . import errors, pages, routes_feedback, routes_models, routes_ops, routes_predict
+from . import (
+    docs,
+    errors,
+    pages,
+    routes_feedback,
+    routes_models,
+    routes_ops,
+    routes_predict,
+    routes_tfserving,
+    routes_v2,
+)
 from .auth import ApiKeys
 from .crosssite import SameOrigin
 from .hosts import HostCheck
@@ -61,7 +71,10 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings,
     app.include_router(routes_feedback.router(service, prediction_log,
                                               allow_new_labels=settings.allow_new_labels))
     app.include_router(routes_ops.router(service, metrics))
+    app.include_router(routes_v2.router(service, metrics, settings))
+    app.include_router(routes_tfserving.router(service, metrics, settings))
     app.include_router(pages.router())
+    docs.install(app)
     app.mount("/static", pages.static_files(), name="static")
     app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_middleware(RateLimit, limiter=limiter_for(settings))

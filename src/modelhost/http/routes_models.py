@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..service import PredictionService, ServedModel
+from .schemas import ERRORS, ModelDetail, ModelList, documented
 
 
 def describe(model: ServedModel, labels: bool = False) -> dict:
@@ -43,13 +44,14 @@ def _tensor(t) -> dict:
 
 
 def router(service: PredictionService) -> APIRouter:
-    api = APIRouter(prefix="/api", tags=["models"])
+    api = APIRouter(prefix="/api", tags=["models"], responses=ERRORS)
 
-    @api.get("/models", summary="List the served models")
+    @api.get("/models", summary="List the served models", **documented(ModelList))
     async def list_models() -> dict:
         return {"models": [describe(m) for m in service.models.values()]}
 
-    @api.get("/models/{model}", summary="One model's metadata, labels and preprocessing")
+    @api.get("/models/{model}", summary="One model's metadata, labels and preprocessing",
+             **documented(ModelDetail))
     async def get_model(model: str) -> dict:
         return describe(service.model(model), labels=True)
 

@@ -9,22 +9,25 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..metrics import Metrics
 from ..service import PredictionService
 from .responses import JSON
+from .schemas import Liveness, Readiness, documented
 
 
 def router(service: PredictionService, metrics: Metrics) -> APIRouter:
     api = APIRouter(tags=["ops"])
 
-    @api.get("/healthz", summary="Liveness: the process answers")
+    @api.get("/healthz", summary="Liveness: the process answers", **documented(Liveness))
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @api.get("/readyz", summary="Readiness: every model loaded and warm, not draining")
+    @api.get("/readyz", summary="Readiness: every model loaded and warm, not draining",
+             **documented(Readiness, 503))
     async def readyz() -> JSON:
         ready, details = service.readiness()
         headers = {} if ready else {"Retry-After": "1"}
         return JSON(details, status_code=200 if ready else 503, headers=headers)
 
-    @api.get("/metrics", summary="Prometheus metrics")
+    @api.get("/metrics", summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

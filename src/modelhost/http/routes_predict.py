@@ -11,6 +11,7 @@ from ..settings import Settings
 from .errors import request_id_of
 from .parse import deadline_for, query_source, read_predict_request
 from .responses import JSON
+from .schemas import ERRORS, ManyResults, PredictionBody, documented
 
 _BODY_DOC = {
     "requestBody": {
@@ -42,7 +43,7 @@ _OPTIONS_DOC = [
 
 
 def router(service: PredictionService, metrics: Metrics, settings: Settings) -> APIRouter:
-    api = APIRouter(prefix="/api", tags=["predict"])
+    api = APIRouter(prefix="/api", tags=["predict"], responses=ERRORS)
 
     def counted(model: str, route: str, status: int) -> None:
         metrics.requests.labels(model, route, str(status)).inc()
@@ -60,12 +61,13 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         return JSON(prediction.as_dict())
 
     @api.post("/models/{model}/predict", openapi_extra={**_BODY_DOC, "parameters": _OPTIONS_DOC},
-              summary="Classify one image with one model")
+              summary="Classify one image with one model", **documented(PredictionBody))
     async def predict(model: str, request: Request) -> JSON:
         return await run_one(request, model, "predict",
                              lambda deadline: read_predict_request(request, deadline))
 
     @api.get("/models/{model}/predict", summary="Classify an image named by ?url= or ?path=",
+             **documented(PredictionBody),
              openapi_extra={"parameters": [
                  {"name": "url", "in": "query", "schema": {"type": "string"}},
                  {"name": "path", "in": "query", "schema": {"type": "string"}},
@@ -77,6 +79,7 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         return await run_one(request, model, "predict", parse)
 
     @api.post("/predict", summary="One image through several models (?models=a,b)",
+              **documented(ManyResults),
               openapi_extra={**_BODY_DOC, "parameters": [
                   {"name": "models", "in": "query", "required": True,
                    "schema": {"type": "string"}, "description": "Comma-separated model names."},

@@ -20,8 +20,10 @@ log = logging.getLogger("modelhost.server")
 
 
 class Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, service: PredictionService, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, service: PredictionService, grace: float,
+                 grpc=None) -> None:
         super().__init__(config)
+        self._grpc = grpc  # a GrpcServer started and stopped with this one, or None
         self._service = service
         self._grace = grace
         self._draining: asyncio.Future | None = None
@@ -43,10 +45,17 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
+        if self._grpc is not None:  # listening before the URL line, which tests wait for
+            print(f"modelhost serving gRPC on port {await self._grpc.start()}", flush=True)
         if self.servers and self.servers[0].sockets:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             self.url = f"http://{host}:{port}"
             print(f"modelhost serving on {self.url}", flush=True)
+
+    async def shutdown(self, sockets=None) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(self._grace)
+        await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
         if self._service.lifecycle.fatal:

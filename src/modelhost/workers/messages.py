@@ -47,12 +47,22 @@ class LoadFailed:
 
 
 @dataclass(frozen=True)
+class RawTensor:
+    """Marks an item whose bytes are a ready input row (C order, no batch axis) of this dtype
+    and shape, sent by a tensor protocol (V2, TF Serving); the worker skips image decoding."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Item:
-    """One image of a batch: its bytes are ``payload[start:end]``; ``region`` is where to look."""
+    """One input of a batch: its bytes are ``payload[start:end]``; ``region`` is where to look
+    in an encoded image, or a :class:`RawTensor` for a ready tensor row."""
 
     start: int
     end: int
-    region: Region
+    region: Region | RawTensor
 
 
 @dataclass(frozen=True)

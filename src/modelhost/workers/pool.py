@@ -33,6 +33,7 @@ from .messages import (
     BatchFailed,
     Item,
     LoadFailed,
+    RawTensor,
     Ready,
     Result,
     Start,
@@ -111,7 +112,8 @@ class Worker:
                 f"{self.spec.path.name}: loading took longer than {timeout:g}s"
             ) from None
 
-    def submit(self, images: list[tuple[bytes, Region]], deadline: float) -> asyncio.Future:
+    def submit(self, images: list[tuple[bytes, Region | RawTensor]],
+               deadline: float) -> asyncio.Future:
         """Send encoded images to decode and run; the future resolves to
         ``(Result, output rows)``."""
         batch_id = next(_batch_ids)
@@ -289,7 +291,7 @@ class ModelPool:
             self._changed.clear()
             await self._changed.wait()
 
-    def submit(self, worker: Worker, images: list[tuple[bytes, Region]],
+    def submit(self, worker: Worker, images: list[tuple[bytes, Region | RawTensor]],
                deadline: float) -> asyncio.Future:
         future = worker.submit(images, deadline)
         future.add_done_callback(lambda _: self._changed.set())

@@ -24,12 +24,23 @@ from multiprocessing.connection import Connection
 import numpy as np
 from PIL import Image
 
-from ..errors import ModelhostError
+from ..errors import InvalidInput, ModelhostError
 from ..inputs.images import to_image, to_tensor
 from ..preprocessing import resolve, tensor_shape
 from ..runtimes.base import load_runtime
-from ..types import Preprocessing
-from .messages import Batch, BatchFailed, LoadFailed, Ready, Result, Start, Stop, decode, encode
+from ..types import Preprocessing, Region
+from .messages import (
+    Batch,
+    BatchFailed,
+    LoadFailed,
+    RawTensor,
+    Ready,
+    Result,
+    Start,
+    Stop,
+    decode,
+    encode,
+)
 from .shm import Attachments
 
 
@@ -91,8 +102,8 @@ def _run(runtime, prep: Preprocessing, max_pixels: int, batch: Batch, payload) -
         started = time.perf_counter()
         try:
             data = payload[item.start : item.end]
-            tensors.append(to_image(data, item.region, prep.default_crop, max_pixels)
-                           if takes_images else to_tensor(data, prep, item.region, max_pixels))
+            tensors.append(_image(data, item.region, prep, max_pixels) if takes_images
+                           else _row(data, prep, item.region, max_pixels))
             ok.append(index)
         except ModelhostError as exc:
             errors.append((index, exc.code, exc.message))
@@ -112,6 +123,21 @@ def _run(runtime, prep: Preprocessing, max_pixels: int, batch: Batch, payload) -
     header = Result(batch.batch_id, "float32", output.shape, tuple(ok), tuple(errors),
                     tuple(decode_ms), elapsed)
     return encode(header, output)
+
+
+def _row(data, prep: Preprocessing, region: Region | RawTensor, max_pixels: int) -> np.ndarray:
+    """One input row: a ready tensor as sent (cast to the model's dtype), or a decoded image."""
+    if isinstance(region, RawTensor):
+        row = np.frombuffer(data, dtype=region.dtype).reshape(region.shape)
+        return row.astype(prep.dtype, copy=False)
+    return to_tensor(data, prep, region, max_pixels)
+
+
+def _image(data, region: Region | RawTensor, prep: Preprocessing, max_pixels: int):
+    """One decoded image for a pipeline.py that takes images (it has no tensor shape)."""
+    if isinstance(region, RawTensor):
+        raise InvalidInput("this model takes images, not tensors")
+    return to_image(data, region, prep.default_crop, max_pixels)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,197 @@
+"""KServe V2 over gRPC (``--grpc-port``), with the same semantics as /v2 over REST.
+
+The service definition is compiled from the packaged ``open_inference_grpc.proto`` at first use
+(``grpc.protos_and_services``, grpcio-tools), so no generated code is kept in the repository.
+The server runs on the HTTP server's event loop and shares its PredictionService: gRPC rows
+join the same batches. Tensors come as ``raw_input_contents`` or typed ``contents``; outputs go
+back as ``raw_output_contents`` (what Triton and its clients use). A client's deadline shortens
+the request's; errors become gRPC status codes.
+
+Not behind the HTTP middleware: API keys and rate limits do not apply to this port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from . import __version__
+from .errors import InvalidInput, ModelhostError
+from .metrics import Metrics
+from .protocols import v2
+from .protocols import v2_model as served_v2
+from .service import PredictionService
+from .settings import Settings
+
+log = logging.getLogger("modelhost.grpc")
+
+PROTO = "modelhost/protocols/open_inference_grpc.proto"
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# Typed contents: which repeated field holds each datatype.
+_CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+class GrpcServer:
+    """The gRPC endpoint's lifecycle: start on the running loop, stop with a grace period."""
+
+    def __init__(self, service: PredictionService, metrics: Metrics, settings: Settings) -> None:
+        self._service = service
+        self._metrics = metrics
+        self._settings = settings
+        self._server: aio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        protos, services = grpc.protos_and_services(PROTO)
+        limit = self._settings.max_body
+        self._server = aio.server(options=[("grpc.max_receive_message_length", limit),
+                                           ("grpc.max_send_message_length", limit)])
+        services.add_GRPCInferenceServiceServicer_to_server(
+            _Servicer(protos, self._service, self._metrics, self._settings), self._server)
+        address = f"{self._settings.host}:{self._settings.grpc_port}"
+        self.port = self._server.add_insecure_port(address)
+        await self._server.start()
+        log.info("gRPC listening on %s:%s", self._settings.host, self.port)
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+
+
+class _Servicer:
+    """GRPCInferenceService: the compiled service dispatches to these methods by their .proto
+    names."""
+
+    def __init__(self, protos, service: PredictionService, metrics: Metrics,
+                 settings: Settings) -> None:
+        self._pb = protos
+        self._service = service
+        self._metrics = metrics
+        self._timeout = settings.timeout
+
+    async def ServerLive(self, request, context):
+        return self._pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return self._pb.ServerReadyResponse(ready=self._service.readiness()[0])
+
+    async def ServerMetadata(self, request, context):
+        return self._pb.ServerMetadataResponse(name="modelhost", version=__version__,
+                                               extensions=v2.EXTENSIONS)
+
+    async def ModelReady(self, request, context):
+        ready = await _answer(context, served_v2.is_ready, self._service, request.name,
+                              request.version)
+        return self._pb.ModelReadyResponse(ready=ready)
+
+    async def ModelMetadata(self, request, context):
+        found = await _answer(context, served_v2.served, self._service, request.name,
+                              request.version)
+        meta = served_v2.metadata(found)
+        tensor = self._pb.ModelMetadataResponse.TensorMetadata
+        return self._pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]])
+
+    async def ModelInfer(self, request, context):
+        name = request.model_name
+        try:
+            response = await self._infer(request, context)
+        except ModelhostError as exc:
+            self._metrics.requests.labels(name if name in self._service.models else "",
+                                          "v2_grpc_infer", str(exc.status)).inc()
+            await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        self._metrics.requests.labels(name, "v2_grpc_infer", "200").inc()
+        return response
+
+    async def _infer(self, request, context):
+        found = served_v2.served(self._service, request.model_name, request.model_version)
+        rows = served_v2.rows(found, _inputs(request))
+        wanted = served_v2.wanted_outputs(
+            found, [(o.name, _parameters(o.parameters)) for o in request.outputs] or None,
+            binary_default=True)
+        remaining = context.time_remaining()
+        timeout = min(self._timeout, remaining) if remaining is not None else self._timeout
+        deadline = asyncio.get_running_loop().time() + timeout
+        output = await self._service.infer(found.spec.name, rows, deadline, _request_id(context))
+        values = served_v2.output_values(found, wanted, output)
+        response = self._pb.ModelInferResponse(model_name=found.spec.name,
+                                               model_version=found.spec.version,
+                                               id=request.id)
+        for want, value in zip(wanted, values, strict=True):
+            entry, blob = v2.encode_output(want.name, value, binary=True)
+            response.outputs.add(name=entry["name"], datatype=entry["datatype"],
+                                 shape=entry["shape"])
+            response.raw_output_contents.append(blob)
+        return response
+
+
+async def _answer(context, function, *args) -> Any:
+    """``function(*args)``, with a ModelhostError turned into the call's gRPC status."""
+    try:
+        return function(*args)
+    except ModelhostError as exc:
+        await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+
+
+def _inputs(request) -> list[v2.Tensor]:
+    """Every input tensor, from ``raw_input_contents`` (in input order) or typed contents."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    tensors = []
+    for index, tensor in enumerate(request.inputs):
+        shape = list(tensor.shape)
+        if raw:
+            tensors.append(v2.from_bytes(tensor.name, tensor.datatype, shape,
+                                         memoryview(raw[index])))
+            continue
+        field = _CONTENTS.get(tensor.datatype)
+        if field is None:
+            raise InvalidInput(f"input {tensor.name!r}: {tensor.datatype} needs "
+                               "raw_input_contents")
+        values = list(getattr(tensor.contents, field))
+        if tensor.datatype == "BYTES":
+            if len(values) != math.prod(shape):
+                raise InvalidInput(f"input {tensor.name!r}: {len(values)} elements for "
+                                   f"shape {shape}")
+            tensors.append(v2.Tensor(tensor.name, "BYTES", tuple(shape), values))
+        else:
+            tensors.append(v2.from_json(tensor.name, tensor.datatype, shape, values))
+    return tensors
+
+
+def _parameters(parameters) -> dict[str, Any]:
+    """A protobuf parameter map as plain values."""
+    values = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, choice) if choice else None
+    return values
+
+
+def _request_id(context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 64:
+            return value
+    return secrets.token_hex(8)

@@ -1,0 +1,167 @@
+"""KServe Open Inference Protocol V2 over REST, under /v2 (PROTOCOLS.md §4.1, §4.2).
+
+Health answers 200 with a JSON body when true and 503 when false (probes and clients read the
+status). Only the served version of a model answers; other versions of its folder exist but are
+not ready. Inference accepts JSON tensors and Triton's binary sections, including the raw form
+(``Inference-Header-Content-Length: 0``: the body is one input: a ready row or an image).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from .. import __version__
+from ..errors import ModelhostError
+from ..metrics import Metrics
+from ..protocols import v2
+from ..protocols import v2_model as served_v2
+from ..service import PredictionService, ServedModel
+from ..settings import Settings
+from .errors import request_id_of
+from .parse import deadline_for
+from .protocol_errors import ProtocolRoute, read_body
+from .responses import JSON
+
+_HEADER = "inference-header-content-length"
+_ERRORS = {status: {"model": v2.ProtocolError} for status in (400, 404, 503)}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/octet-stream": {"schema": {
+                "type": "string", "format": "binary",
+                "description": "Triton binary tensor extension: the JSON request "
+                               "(Inference-Header-Content-Length bytes), then the tensors."}},
+        },
+    },
+    "parameters": [{
+        "name": "Inference-Header-Content-Length", "in": "header", "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "Length of the JSON part when binary tensors follow (0: raw input).",
+    }],
+}
+INDEX_BODY = {"requestBody": {"required": False, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/RepositoryIndexRequest"}}}}}
+BINARY_RESPONSE = {200: {"content": {"application/octet-stream": {"schema": {
+    "type": "string", "format": "binary",
+    "description": "With binary outputs: the JSON response (Inference-Header-Content-Length "
+                   "bytes), then the tensors."}}}}}
+
+
+def router(service: PredictionService, metrics: Metrics, settings: Settings) -> APIRouter:
+    api = APIRouter(prefix="/v2", tags=["kserve v2"], route_class=ProtocolRoute,
+                    responses=_ERRORS)
+
+    @api.get("", summary="Server metadata", response_model=v2.ServerMetadata)
+    async def server_metadata() -> dict:
+        return {"name": "modelhost", "version": __version__, "extensions": v2.EXTENSIONS}
+
+    @api.get("/health/live", summary="Server live", response_model=v2.ServerLive)
+    async def live() -> dict:
+        return {"live": True}
+
+    @api.get("/health/ready", summary="Server ready (503 when not)",
+             response_model=v2.ServerReady)
+    async def server_ready() -> JSON:
+        is_ready, _ = service.readiness()
+        return JSON({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    @api.get("/models", summary="The served models' names")
+    async def models() -> dict[str, list[str]]:
+        return {"models": list(service.models)}
+
+    @api.post("/repository/index", summary="The repository's models and their state",
+              response_model=list[v2.RepositoryModel], openapi_extra=INDEX_BODY)
+    async def repository_index(request: Request) -> list[dict]:
+        body = await request.body()
+        only_ready = bool(body) and v2.parse_index_request(body).ready
+        return [_index_entry(m) for m in service.models.values()
+                if not only_ready or m.state == "ready"]
+
+    async def model_ready(request: Request, model: str, version: str | None) -> JSON:
+        ok = served_v2.is_ready(service, model, version)
+        return JSON({"name": model, "ready": ok}, status_code=200 if ok else 503)
+
+    async def model_metadata(request: Request, model: str, version: str | None) -> dict:
+        return served_v2.metadata(served_v2.served(service, model, version))
+
+    async def infer(request: Request, model: str, version: str | None) -> Response:
+        found = served_v2.served(service, model, version)
+        deadline = deadline_for(request, settings.timeout)
+        body = await read_body(request, deadline)
+        header, binary = v2.split_body(body, request.headers.get(_HEADER))
+        if request.headers.get(_HEADER) == "0":  # raw: batch 1, every output binary
+            inference = v2.InferenceRequest(inputs=[], parameters={"binary_data_output": True})
+            rows = served_v2.raw_rows(found, bytes(binary))
+        else:
+            inference = v2.parse_request(header)
+            rows = served_v2.rows(found, v2.decode_inputs(inference, binary))
+        wanted = served_v2.wanted_outputs(
+            found, [(o.name, o.parameters or {}) for o in inference.outputs or []] or None,
+            bool((inference.parameters or {}).get("binary_data_output", False)))
+        try:
+            output = await service.infer(model, rows, deadline, request_id_of(request))
+        except ModelhostError as exc:
+            metrics.requests.labels(model, "v2_infer", str(exc.status)).inc()
+            raise
+        metrics.requests.labels(model, "v2_infer", "200").inc()
+        values = served_v2.output_values(found, wanted, output)
+        return _response(found, inference.id, wanted, values)
+
+    for path, endpoint in (("/models/{model}", at_model),
+                           ("/models/{model}/versions/{version}", at_version)):
+        api.add_api_route(f"{path}/ready", endpoint(model_ready), methods=["GET"],
+                          summary="Model ready (503 when not)", response_model=v2.ModelReady)
+        api.add_api_route(path, endpoint(model_metadata), methods=["GET"],
+                          summary="Model metadata", response_model=v2.ModelMetadata)
+        api.add_api_route(f"{path}/infer", endpoint(infer), methods=["POST"],
+                          summary="Inference", response_model=v2.InferenceResponse,
+                          openapi_extra=INFER_BODY, responses=BINARY_RESPONSE)
+    return api
+
+
+def at_model(handler):
+    """``handler`` at a path without a version: the served one."""
+
+    async def endpoint(request: Request, model: str):
+        return await handler(request, model, None)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def at_version(handler):
+    """``handler`` at a path naming a version."""
+
+    async def endpoint(request: Request, model: str, version: str):
+        return await handler(request, model, version)
+
+    endpoint.__name__ = f"{handler.__name__}_version"
+    return endpoint
+
+
+def _index_entry(model: ServedModel) -> dict:
+    state = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}[model.state]
+    return {"name": model.spec.name, "version": model.spec.version, "state": state,
+            "reason": model.error or ""}
+
+
+def _response(model: ServedModel, request_id: str | None, wanted: list[served_v2.Wanted],
+              values: list) -> Response:
+    """JSON, or a JSON header followed by binary outputs (Triton's extension)."""
+    entries, blobs = [], []
+    for want, value in zip(wanted, values, strict=True):
+        entry, blob = v2.encode_output(want.name, value, want.binary)
+        entries.append(entry)
+        blobs.append(blob)
+    body: dict = {"model_name": model.spec.name, "model_version": model.spec.version,
+                  "outputs": entries}
+    if request_id is not None:
+        body["id"] = request_id
+    head = JSON(body).body
+    if not any(blobs):
+        return Response(head, media_type="application/json")
+    return Response(head + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(head))})

@@ -1,0 +1,1 @@
+"""Standard inference protocols, independent of the transport (REST, gRPC)."""
