@@ -1,7 +1,7 @@
 """Three modelhost instances behind nginx (deploy/nginx/modelhost.conf), sharing one
 PostgreSQL: one instance is stopped mid-load and restarted. Every prediction and feedback
-answered 2xx is stored exactly once. Stopped with SIGTERM (a rolling restart) no request fails at all; killed
-with -9, only a response cut off mid-body can (nothing can retry it)."""
+answered 2xx is stored exactly once. Stopped with SIGTERM (a rolling restart) no request fails
+at all; killed with -9, only a response cut off mid-body can (nothing can retry it)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from modelhost.settings import Settings
 from ..feedback.test_nothing_lost import Load, stored, wait_for_journal
 from ..postgres import free_port, postgres_server
 from ..support import LiveServer, _read_url, solid, wait_until_ready
-from .topology import SHIPPED, Nginx, nobody_folder
+from .topology import SHIPPED, Nginx, nobody_folder, retried
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -41,11 +41,6 @@ def start_instance(model_repo: Path, db_url: str, folder: Path, port: int) -> Li
                         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60))
     wait_until_ready(server)
     return server
-
-
-def retried(access_log: list[str]) -> int:
-    """Requests nginx sent to more than one instance (``ustatus=502, 200``)."""
-    return sum(1 for line in access_log if re.search(r"ustatus=[^ ]+, ", line))
 
 
 def back_in_rotation(nginx: Nginx, port: int, seen: int, timeout: float = 30) -> float:

@@ -66,6 +66,7 @@ def test_container_serves_and_drains(podman, tmp_path, init):
         shutil.chown(data, UID, UID)  # the image's user writes its log there
     port = free_port()
     name = f"modelhost-test-{port}"
+    started = time.monotonic()
     podman.run("run", "-d", *(["--init"] if init else []), "--name", name,
                "--network", "host", "--read-only", "--tmpfs", "/tmp",
                "-v", f"{models}:/models:ro", "-v", f"{data}:/var/lib/modelhost",
@@ -74,6 +75,7 @@ def test_container_serves_and_drains(podman, tmp_path, init):
         url = f"http://127.0.0.1:{port}"
         ready = _wait_ready(podman, name, url)
         assert set(ready["models"]) == {"digits", "colors"}
+        print(f"\nrun to ready: {time.monotonic() - started:.1f} s")
 
         png, digit = digit_png(11)
         answer = httpx.post(f"{url}/api/models/digits/predict",

@@ -142,6 +142,11 @@ http {{
         return (self.folder / "access.log").read_text().splitlines()
 
 
+def retried(access_log: list[str]) -> int:
+    """Requests nginx sent to more than one instance (``ustatus=502, 200``)."""
+    return sum(1 for line in access_log if re.search(r"ustatus=[^ ]+, ", line))
+
+
 def nobody_folder(prefix: str) -> Path:
     """A folder under /tmp that nobody can use (pytest's tmp_path is root's alone)."""
     return Path(tempfile.mkdtemp(prefix=prefix))
