@@ -102,6 +102,7 @@ class Podman:
     def build(self, context: Path, tag: str, *build_args: str) -> float:
         """Build ``context``'s Containerfile on the base image; returns the seconds it took."""
         self.ensure_base_image()
+        previous = self.image_id(tag)
         started = time.monotonic()
         self.run("build", "--format", "docker", "--network", "host", "--layers",
                  "-v", f"{HOST_CA}:/run/host-ca.crt:ro",
@@ -109,7 +110,14 @@ class Podman:
                  "--build-arg", "PIP_CERT=/run/host-ca.crt",
                  *(a for arg in build_args for a in ("--build-arg", arg)),
                  "-f", str(context / "Containerfile"), "-t", tag, str(context), timeout=3000)
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        if previous and previous != self.image_id(tag):  # keep the cache folder from growing
+            self.run("rmi", previous, check=False)
+        return seconds
+
+    def image_id(self, name: str) -> str | None:
+        found = self.run("image", "inspect", "--format", "{{.Id}}", name, check=False)
+        return found.stdout.strip() if found.returncode == 0 else None
 
     def remove_container(self, name: str) -> None:
         self.run("rm", "--force", "--time", "0", name, check=False)
