@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -103,6 +104,7 @@ def test_stop_one_of_three_behind_nginx(model_repo, tmp_path, sig):
             codes = [server.stop() for server in servers if server.process.poll() is None]
             nginx_code = nginx.stop()
         access = nginx.access_log()
+        shutil.rmtree(nginx.folder, ignore_errors=True)
         counts, labels = stored(db_url)
 
     print(f"\nrequests {len(access)}, retried by nginx {retried(access)}, failed "
