@@ -34,6 +34,7 @@ log = logging.getLogger("modelhost.feedback")
 FLUSH_INTERVAL = 0.2  # seconds between batched writes
 RETRY_MIN, RETRY_MAX = 0.5, 5.0  # back-off while the database is away
 RECENT = 50_000  # predictions remembered in memory for feedback lookups
+UNFLUSHED_LOOKS = 5  # database look-ups, FLUSH_INTERVAL apart, before an unknown id is a 404
 RETENTION_EVERY = 3600.0
 
 
@@ -140,14 +141,24 @@ class PredictionLog:
         found = self._recent.get(prediction_id)
         if found is not None:
             return found
-        try:
-            row = await asyncio.to_thread(self._find, prediction_id)
-        except StoreUnavailable:
-            raise Unavailable("the prediction log database is unavailable", "db_unavailable",
-                              retry_after=5.0) from None
+        row = await self._find_row(prediction_id)
+        # Instances behind a balancer share the database: a prediction made by another one
+        # reaches it within that instance's flush interval, so look again before a 404.
+        for _ in range(UNFLUSHED_LOOKS):
+            if row is not None:
+                break
+            await asyncio.sleep(FLUSH_INTERVAL)
+            row = await self._find_row(prediction_id)
         if row is None:
             raise NotFound(f"no prediction with id {prediction_id!r}")
         return Logged(row["model"], row["version"], tuple(row["labels"]))
+
+    async def _find_row(self, prediction_id: str) -> dict | None:
+        try:
+            return await asyncio.to_thread(self._find, prediction_id)
+        except StoreUnavailable:
+            raise Unavailable("the prediction log database is unavailable", "db_unavailable",
+                              retry_after=5.0) from None
 
     async def feedback(self, prediction_id: str, label: str | None, correct: bool,
                        client: str | None, *, wait: float = 5.0) -> bool:
