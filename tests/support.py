@@ -66,6 +66,15 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def start_server(args: list[str], tmp: Path, *, wait_ready: bool = True, timeout: float = 120,
                  env: dict | None = None) -> LiveServer:
     """Start ``modelhost serve ARGS --port 0`` and wait for its URL (and readiness)."""

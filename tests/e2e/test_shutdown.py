@@ -7,20 +7,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from ..support import rgb_model, solid, start_server
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+from ..support import pid_alive, rgb_model, solid, start_server
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -62,7 +53,7 @@ def test_graceful_shutdown_under_load(tmp_path, sig):
     assert sum(1 for kind, _ in outcomes if kind == "ok") >= 10
     assert all(status == 503 for kind, status in outcomes if kind == "draining")
     time.sleep(0.2)
-    assert not [pid for pid in workers if _pid_alive(pid)]
+    assert not [pid for pid in workers if pid_alive(pid)]
 
 
 def test_shutdown_waits_for_in_flight_requests(tmp_path):

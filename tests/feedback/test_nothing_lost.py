@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, func, select
 from modelhost.feedback.schema import feedback, predictions
 
 from ..postgres import Postgres, free_port
-from ..support import COLOURS, solid, start_server
+from ..support import COLOURS, pid_alive, solid, start_server
 
 PICTURES = {"red": (250, 10, 10), "green": (10, 250, 10), "blue": (10, 10, 250)}
 
@@ -185,18 +185,8 @@ def test_a_database_that_comes_later_gets_everything(model_repo, tmp_path):
 def _wait_gone(pids: list[int], timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = [p for p in pids if _alive(p)]
+        alive = [p for p in pids if pid_alive(p)]
         if not alive:
             return
         time.sleep(0.1)
     raise AssertionError(f"workers {alive} outlived their server")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-

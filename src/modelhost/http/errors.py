@@ -28,6 +28,11 @@ _HTTP_CODES = {
 }
 
 
+# Clients of these protocols expect {"error": "<message>"} (PROTOCOLS.md); their routes render
+# it themselves (protocol_errors.py), this covers requests that matched no route there.
+_PROTOCOL_PREFIXES = ("/v2/", "/v1/models")
+
+
 def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", "") or ""
 
@@ -64,6 +69,10 @@ def install(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "malformed_request")
         message = exc.detail if isinstance(exc.detail, str) and exc.status_code != 404 else (
             "not found" if exc.status_code == 404 else "bad request")
+        path = request.url.path
+        if path == "/v2" or path.startswith(_PROTOCOL_PREFIXES):  # no route matched there
+            return JSON({"error": message}, status_code=exc.status_code,
+                        headers={"X-Error-Code": code})
         return error_response(request_id_of(request), exc.status_code, code, message)
 
     @app.exception_handler(Exception)
