@@ -55,6 +55,21 @@ def start_instance(model_repo: Path, db_url: str, folder: Path, port: int,
     return server
 
 
+def start_instances(model_repo: Path, db_url: str, folder: Path, ports: list[int],
+                    args: list[str]) -> list[LiveServer]:
+    """One instance per port (folders i0, i1, ...); if one fails to start, the ones already
+    running are stopped rather than left behind."""
+    servers: list[LiveServer] = []
+    try:
+        for n, port in enumerate(ports):
+            servers.append(start_instance(model_repo, db_url, folder / f"i{n}", port, args))
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
+
+
 def back_in_rotation(nginx: Nginx, port: int, seen: int, timeout: float = 30) -> float:
     """When nginx's access log first shows ``port`` answering after line ``seen``."""
     deadline = time.monotonic() + timeout
@@ -85,8 +100,7 @@ def limited_cluster(model_repo: Path, tmp_path: Path, args: list[str]):
         db_url = pg.create_database("limited")
         ports = [free_port() for _ in range(3)]
         every = [*args, "--rate-limit-storage", shared.url]
-        servers = [start_instance(model_repo, db_url, tmp_path / f"i{n}", port, every)
-                   for n, port in enumerate(ports)]
+        servers = start_instances(model_repo, db_url, tmp_path, ports, every)
         nginx = Nginx(nobody_folder("modelhost-nginx-"), ports)
         try:
             nginx.start()
@@ -182,11 +196,10 @@ def test_stop_one_of_three_behind_nginx(model_repo, tmp_path, sig):
         ports = [free_port() for _ in range(3)]
         # A rate limit in the shared Redis that this load stays under: it is on the path
         args = ["--rate-limit", "1000/s", "--rate-limit-storage", shared.url]
-        servers = [start_instance(model_repo, db_url, tmp_path / f"i{n}", port, args)
-                   for n, port in enumerate(ports)]
+        servers = start_instances(model_repo, db_url, tmp_path, ports, args)
         nginx = Nginx(nobody_folder("modelhost-nginx-"), ports)
-        nginx.start()
         try:
+            nginx.start()
             # TLS terminates at nginx; the body limit answers 413 before modelhost sees it.
             trust = ssl.create_default_context(cafile=nginx.cert)
             with httpx.Client(base_url=nginx.tls_url, verify=trust) as tls:
@@ -213,7 +226,7 @@ def test_stop_one_of_three_behind_nginx(model_repo, tmp_path, sig):
                 wait_for_journal(server)
         finally:
             codes = [server.stop() for server in servers if server.process.poll() is None]
-            nginx_code = nginx.stop()
+            nginx_code = nginx.stop() if nginx.process else 0
         access = nginx.access_log()
         shutil.rmtree(nginx.folder, ignore_errors=True)
         counts, labels = stored(db_url)
