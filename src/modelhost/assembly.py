@@ -27,10 +27,11 @@ from .http.server import Server
 from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
 from .metrics import Metrics
+from .model_control import ModelControl
 from .repository import load_repository
 from .runtimes.convert import prepare
 from .service import PredictionService, ServedModel
-from .settings import Settings
+from .settings import ConfigError, Settings
 from .types import ModelSpec, RuntimeOptions
 from .watch import RepositoryWatcher
 from .workers.pool import ModelPool
@@ -68,6 +69,18 @@ def _watcher(settings: Settings, service: PredictionService) -> RepositoryWatche
         return None
     return RepositoryWatcher(
         settings.models, service, scan=lambda: _scan(settings.models, settings),
+        prepare=lambda spec: _prepared(spec, settings),
+        build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace,
+    )
+
+
+def _control(settings: Settings, service: PredictionService) -> ModelControl | None:
+    if not settings.model_control:
+        return None
+    if settings.models is None:
+        raise ConfigError("--model-control needs a model folder (not the demos or a URL)")
+    return ModelControl(
+        service, scan=lambda: _scan(settings.models, settings),
         prepare=lambda spec: _prepared(spec, settings),
         build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace,
     )
@@ -160,7 +173,8 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
 def build_app(settings: Settings) -> FastAPI:
     """The app for ``settings`` (also used by tests and ASGI servers)."""
     service, metrics = build_service(settings, model_specs(settings))
-    return create_app(service, metrics, settings, watcher=_watcher(settings, service))
+    return create_app(service, metrics, settings, watcher=_watcher(settings, service),
+                      control=_control(settings, service))
 
 
 def _grpc(service: PredictionService, metrics: Metrics, settings: Settings):
@@ -175,7 +189,8 @@ def _grpc(service: PredictionService, metrics: Metrics, settings: Settings):
 def serve(settings: Settings) -> int:
     """Run the server until it is stopped; the process exit status."""
     service, metrics = build_service(settings, model_specs(settings))
-    app = create_app(service, metrics, settings, watcher=_watcher(settings, service))
+    app = create_app(service, metrics, settings, watcher=_watcher(settings, service),
+                     control=_control(settings, service))
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
         lifespan="on", log_config=None, access_log=settings.access_log,

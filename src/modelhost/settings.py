@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     watch: bool = Field(
         False, description="Follow the model folder: load new versions, drop removed models."
     )
+    model_control: bool = Field(
+        False, description="Allow /v2/repository/models/{name}/load and /unload (the "
+        "repository's models only)."
+    )
     convert_timeout: float = Field(
         600.0, gt=0, description="Seconds one model's conversion to ONNX may take."
     )

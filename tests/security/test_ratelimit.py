@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
-import redis
 
+from ..redis_server import redis_server
 from ..support import start_server
 from .test_auth import cli_add_key
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def redis_url(tmp_path):
     """A throwaway redis-server on a free loopback port, nothing saved to disk."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is needed (.ci/run installs it)"
-    port = free_port()
-    process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                "--appendonly", "no", "--dir", str(tmp_path)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}", process, client
-    client.close()
-    if process.poll() is None:
-        process.terminate()
-        process.wait(10)
+    with redis_server(tmp_path) as server:
+        yield server.url, server.process, server.client
 
 
 def statuses(server, n: int, headers=None) -> list[int]:

@@ -74,6 +74,8 @@ def serve(
     sha256: Annotated[str | None, Opt(help="SHA-256 a model URL's file must have.")] = None,
     watch: Annotated[bool, Opt("--watch",
         help="Follow the model folder: swap in new versions, drop removed models.")] = False,
+    model_control: Annotated[bool, Opt("--model-control",
+        help="Allow loading and unloading the folder's models over /v2/repository.")] = False,
     log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
     db: Annotated[str | None, Opt(help="Prediction log database URL: sqlite:///FILE or "
                                   "postgresql+psycopg://... [a SQLite file in ~/.local/share].")

@@ -32,11 +32,13 @@ from .ratelimit import RateLimit, limiter_for
 from .responses import JSON
 
 if TYPE_CHECKING:
+    from ..model_control import ModelControl
     from ..watch import RepositoryWatcher
 
 
 def create_app(service: PredictionService, metrics: Metrics, settings: Settings,
-               watcher: RepositoryWatcher | None = None) -> FastAPI:
+               watcher: RepositoryWatcher | None = None,
+               control: ModelControl | None = None) -> FastAPI:
     prediction_log = service.prediction_log
 
     @contextlib.asynccontextmanager
@@ -71,7 +73,7 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings,
     app.include_router(routes_feedback.router(service, prediction_log,
                                               allow_new_labels=settings.allow_new_labels))
     app.include_router(routes_ops.router(service, metrics))
-    app.include_router(routes_v2.router(service, metrics, settings))
+    app.include_router(routes_v2.router(service, metrics, settings, control))
     app.include_router(routes_tfserving.router(service, metrics, settings))
     app.include_router(pages.router())
     docs.install(app)

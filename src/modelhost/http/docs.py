@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from ..protocols import tfserving, v2
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
-    v2.InferenceRequest, v2.RepositoryIndexRequest, tfserving.PredictRequest,
-    tfserving.ClassifyRequest,
+    v2.InferenceRequest, v2.RepositoryIndexRequest, v2.RepositoryLoadRequest,
+    tfserving.PredictRequest, tfserving.ClassifyRequest,
 )
 _PAGE = """<!doctype html>
 <html lang="en">

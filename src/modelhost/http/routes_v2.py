@@ -4,15 +4,19 @@ Health answers 200 with a JSON body when true and 503 when false (probes and cli
 status). Only the served version of a model answers; other versions of its folder exist but are
 not ready. Inference accepts JSON tensors and Triton's binary sections, including the raw form
 (``Inference-Header-Content-Length: 0``: the body is one input: a ready row or an image).
+Repository load/unload work with ``--model-control`` only, on the repository's models by name
+(model_control.py); without it they answer 403.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from .. import __version__
-from ..errors import ModelhostError
+from ..errors import Forbidden, InvalidInput, ModelhostError
 from ..metrics import Metrics
 from ..protocols import v2
 from ..protocols import v2_model as served_v2
@@ -22,6 +26,9 @@ from .errors import request_id_of
 from .parse import deadline_for
 from .protocol_errors import ProtocolRoute, read_body
 from .responses import JSON
+
+if TYPE_CHECKING:
+    from ..model_control import ModelControl
 
 _HEADER = "inference-header-content-length"
 _ERRORS = {status: {"model": v2.ProtocolError} for status in (400, 404, 503)}
@@ -44,13 +51,16 @@ INFER_BODY = {
 }
 INDEX_BODY = {"requestBody": {"required": False, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/RepositoryIndexRequest"}}}}}
+LOAD_BODY = {"requestBody": {"required": False, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/RepositoryLoadRequest"}}}}}
 BINARY_RESPONSE = {200: {"content": {"application/octet-stream": {"schema": {
     "type": "string", "format": "binary",
     "description": "With binary outputs: the JSON response (Inference-Header-Content-Length "
                    "bytes), then the tensors."}}}}}
 
 
-def router(service: PredictionService, metrics: Metrics, settings: Settings) -> APIRouter:
+def router(service: PredictionService, metrics: Metrics, settings: Settings,
+           control: ModelControl | None = None) -> APIRouter:
     api = APIRouter(prefix="/v2", tags=["kserve v2"], route_class=ProtocolRoute,
                     responses=_ERRORS)
 
@@ -77,8 +87,33 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
     async def repository_index(request: Request) -> list[dict]:
         body = await request.body()
         only_ready = bool(body) and v2.parse_index_request(body).ready
-        return [_index_entry(m) for m in service.models.values()
-                if not only_ready or m.state == "ready"]
+        served = [_index_entry(m) for m in service.models.values()
+                  if not only_ready or m.state == "ready"]
+        if control is None or only_ready:
+            return served
+        unloaded = [{"name": spec.name, "version": spec.version, "state": "UNAVAILABLE",
+                     "reason": "unloaded"} for name, spec in (await control.repository()).items()
+                    if name not in service.models]
+        return served + unloaded
+
+    @api.post("/repository/models/{model}/load", summary="Load (or reload) a repository model",
+              response_model=v2.RepositoryLoadResponse, response_model_exclude_none=True,
+              openapi_extra=LOAD_BODY, responses={403: {"model": v2.ProtocolError},
+                                                  500: {"model": v2.ProtocolError}})
+    async def load(request: Request, model: str) -> dict:
+        if v2.parse_load_request(await request.body()).supplied_model():
+            raise InvalidInput("models load from the server's repository only: "
+                               "a config or file parameter is not accepted")
+        await _controlled(control).load(model)
+        return {"name": model, "load": True}
+
+    @api.post("/repository/models/{model}/unload", summary="Unload a repository model",
+              response_model=v2.RepositoryLoadResponse, response_model_exclude_none=True,
+              openapi_extra=LOAD_BODY, responses={403: {"model": v2.ProtocolError}})
+    async def unload(request: Request, model: str) -> dict:
+        v2.parse_load_request(await request.body())  # validated; unload_dependents is moot
+        await _controlled(control).unload(model)
+        return {"name": model, "unload": True}
 
     async def model_ready(request: Request, model: str, version: str | None) -> JSON:
         ok = served_v2.is_ready(service, model, version)
@@ -120,6 +155,13 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
                           summary="Inference", response_model=v2.InferenceResponse,
                           openapi_extra=INFER_BODY, responses=BINARY_RESPONSE)
     return api
+
+
+def _controlled(control: ModelControl | None) -> ModelControl:
+    """``control``, or 403 when the server was started without ``--model-control``."""
+    if control is None:
+        raise Forbidden("loading and unloading models is off (serve --model-control)")
+    return control
 
 
 def at_model(handler):

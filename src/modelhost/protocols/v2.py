@@ -118,6 +118,23 @@ class RepositoryModel(BaseModel):
     reason: str = ""
 
 
+class RepositoryLoadRequest(BaseModel):
+    """Body of ``/v2/repository/models/{m}/load`` and ``/unload``."""
+
+    parameters: dict[str, Any] | None = None
+
+    def supplied_model(self) -> bool:
+        """Whether it carries a model of its own (Triton's ``config`` override or ``file:``
+        contents), which modelhost never loads: only the repository's files are."""
+        return any(key == "config" or key.startswith("file:") for key in self.parameters or {})
+
+
+class RepositoryLoadResponse(BaseModel):
+    name: str
+    load: bool | None = None
+    unload: bool | None = None
+
+
 class ProtocolError(BaseModel):
     error: str
 
@@ -164,6 +181,10 @@ def parse_request(header: bytes) -> InferenceRequest:
 
 def parse_index_request(body: bytes) -> RepositoryIndexRequest:
     return _parse(RepositoryIndexRequest, body)
+
+
+def parse_load_request(body: bytes) -> RepositoryLoadRequest:
+    return _parse(RepositoryLoadRequest, body) if body.strip() else RepositoryLoadRequest()
 
 
 def _parse(model: type[BaseModel], body: bytes):
