@@ -200,6 +200,7 @@ def serve(settings: Settings) -> int:
                                                                            settings))
     server.run()
     if service.lifecycle.fatal:
-        log.error("stopping: %s", service.lifecycle.fatal)
+        # the failure itself was logged, once, as it happened
+        log.info("stopping: a model did not load (--keep-going serves the others)")
         return 1
     return 0 if server.started else 1

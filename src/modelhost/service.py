@@ -100,7 +100,7 @@ class PredictionService:
         except (LoadError, PreprocessingError) as exc:
             model.state, model.error = "failed", str(exc)
             await model.pool.stop()
-            log.error("model %s failed to load: %s", model.spec.name, exc,
+            log.error("model %s (%s) failed to load: %s", model.spec.name, model.spec.path, exc,
                       extra={"fields": {"model": model.spec.name, "file": str(model.spec.path)}})
             return
         model.info, model.state = info, "ready"
@@ -359,7 +359,7 @@ def _check_labels(spec: ModelSpec, info: ModelInfo) -> None:
     classes = info.outputs[0].shape[-1] if info.outputs and info.outputs[0].shape else -1
     if spec.labels and classes > 0 and classes != len(spec.labels):
         raise LoadError(
-            f"{spec.path.parent / 'labels.txt'}: {len(spec.labels)} labels, "
+            f"labels.txt: {len(spec.labels)} labels, "
             f"but the model has {classes} outputs"
         )
 

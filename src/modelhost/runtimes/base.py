@@ -25,6 +25,11 @@ class UntrustedCode(Exception):
     allowed with ``--trust-model-code``."""
 
 
+class ModelFileError(Exception):
+    """The model file is damaged, is not what its name says, or reaches outside its folder; the
+    message names the file and the reason in one line."""
+
+
 class Runtime(Protocol):
     """What a worker needs from a loaded model."""
 

@@ -73,6 +73,8 @@ def prepare(spec: ModelSpec, cache_dir: Path, timeout: float) -> ModelSpec:
     if spec.options.runtime == "onnx":
         raise ConversionError(f"{spec.name}: {spec.path.name} cannot be served with ONNX Runtime "
                               f"(--runtime onnx): {report['reason']}")
+    if report.get("unloadable"):  # the worker fails the same way and reports it, once
+        return spec
     log.warning("%s: serving with the %s runtime; conversion to ONNX failed: %s",
                 spec.name, spec.format, report["reason"])
     return replace(spec, runtime_note=f"{spec.format} runtime; conversion to ONNX failed: "
@@ -142,7 +144,7 @@ def _report_file(folder: Path) -> dict | None:
 def convert(spec: ModelSpec, out: Path) -> dict:
     """Convert ``spec`` into ``out/model.onnx`` and verify it; the report (also written)."""
     from ..preprocessing import resolve
-    from .base import load_runtime
+    from .base import ModelFileError, UntrustedCode, load_runtime
     from .onnx import OnnxRuntime
 
     started = time.perf_counter()
@@ -160,7 +162,8 @@ def convert(spec: ModelSpec, out: Path) -> dict:
     except Exception as exc:
         text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         report = {"ok": False, "reason": f"{type(exc).__name__}: {text}" if text
-                  else type(exc).__name__}
+                  else type(exc).__name__,
+                  "unloadable": isinstance(exc, ModelFileError | UntrustedCode)}
     (out / "report.json").write_text(json.dumps(report))
     return report
 

@@ -2,7 +2,8 @@
 
 Loaded with ``safe_mode=True``. A model holding Python code (a ``Lambda`` layer) is refused
 before loading, with the reason, unless ``--trust-model-code`` was given: Keras' own refusal
-differs between the ``.keras`` and ``.h5`` paths, so the saved configuration is read first.
+differs between the ``.keras`` and ``.h5`` paths, so the saved configuration is read first
+(before TensorFlow is imported, so a damaged file also fails at once, in one line).
 Batches run through one ``tf.function`` with a variable batch axis (``model.predict`` adds tens
 of milliseconds per call; DESIGN.md, 'Measured here').
 """
@@ -18,21 +19,30 @@ import numpy as np
 
 from ..types import ModelInfo, ModelSpec, TensorSpec
 from . import tensorflow as tf_runtime
-from .base import UntrustedCode
+from .base import ModelFileError, UntrustedCode
 
 CODE_LAYERS = ("Lambda", "TFOpLambda")
 SCALING_LAYERS = ("Rescaling", "Normalization")
 
 
 def saved_config(path: Path) -> dict:
-    """The model's saved architecture (JSON) without loading it."""
+    """The model's saved architecture (JSON) without loading it (nor TensorFlow): a damaged or
+    foreign file fails here with one line."""
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("config.json"))
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("config.json"))
+        except (KeyError, ValueError, zipfile.BadZipFile, OSError) as exc:
+            raise ModelFileError(f"{path.name}: not a Keras model archive (no readable "
+                                 f"config.json: {type(exc).__name__})") from None
     import h5py
 
-    with h5py.File(path, "r") as handle:
-        raw = handle.attrs.get("model_config")
+    try:
+        with h5py.File(path, "r") as handle:
+            raw = handle.attrs.get("model_config")
+    except OSError:
+        raise ModelFileError(f"{path.name}: not a Keras model (neither a .keras archive nor an "
+                             "HDF5 file; damaged, truncated or another kind of file)") from None
     if raw is None:
         raise ValueError(f"{path.name} holds weights only; save the whole model (model.save)")
     return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
@@ -64,8 +74,7 @@ def check_code(path: Path, trust: bool) -> None:
 
 
 def load_model(spec: ModelSpec):
-    """The Keras model in ``spec`` (code layers refused unless trusted)."""
-    check_code(spec.path, spec.options.trust_code)
+    """The Keras model in ``spec`` (code layers already refused by :func:`check_code`)."""
     import keras
 
     return keras.saving.load_model(
@@ -77,6 +86,7 @@ class KerasRuntime:
     """A Keras model called through one traced function."""
 
     def __init__(self, spec: ModelSpec, threads: int = 0) -> None:
+        check_code(spec.path, spec.options.trust_code)  # before TensorFlow takes seconds to load
         tf = tf_runtime.configured(threads)
         self.model = load_model(spec)
         inputs = self.model.inputs

@@ -1,4 +1,10 @@
-"""ONNX Runtime: the default and fastest runtime on CPU (DESIGN.md, 'Measured here')."""
+"""ONNX Runtime: the default and fastest runtime on CPU (DESIGN.md, 'Measured here').
+
+A model file is parsed (without its external data) before ONNX Runtime sees it: a file that is not
+ONNX fails with one clear line, and a tensor whose external data lies outside the model's folder
+(``../x``, an absolute path, a symlink out) is refused before anything reads it. ONNX Runtime
+1.24+ refuses those too; this check does not depend on its version and says why.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import ModelInfo, ModelSpec, TensorSpec
+from .base import ModelFileError
 
 _DTYPES = {
     "tensor(float)": "float32",
@@ -28,6 +35,7 @@ class OnnxRuntime:
         import onnxruntime as ort
 
         path = spec.path if isinstance(spec, ModelSpec) else spec
+        graph = _checked_graph(path)
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -36,12 +44,16 @@ class OnnxRuntime:
         # Spinning threads wait for work by burning a core; the HTTP process needs that core
         # for decoding (a tiny model's worker sat at 70% CPU while idle-waiting).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ONNX Runtime raises its own, untyped, errors
+            reason = str(exc).strip().splitlines()[0].replace(str(path), path.name)
+            raise ModelFileError(f"{path.name}: ONNX Runtime cannot load it: {reason}") from None
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
-        ops, parameters = _graph_summary(path)
+        ops, parameters = _graph_summary(graph)
         self.info = ModelInfo(
             inputs=tuple(_spec(t) for t in self._session.get_inputs()),
             outputs=tuple(_spec(t) for t in self._session.get_outputs()),
@@ -67,17 +79,69 @@ def _spec(node) -> TensorSpec:
     return TensorSpec(node.name, _DTYPES.get(node.type, node.type), shape)
 
 
-def _graph_summary(path: Path) -> tuple[tuple[str, ...], int]:
-    """Op types with counts in graph order (e.g. 'Conv×12') and the parameter count, for
-    ``inspect``; empty when the ``onnx`` package is not installed."""
+def _checked_graph(path: Path):
+    """The parsed graph (None without the ``onnx`` package), after refusing a file that is not
+    ONNX and external data outside the model's folder."""
     try:
         import onnx
-        from onnx import numpy_helper
+        from google.protobuf.message import DecodeError
     except ImportError:
+        return None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError) as exc:
+        raise ModelFileError(f"{path.name}: not an ONNX model (damaged, truncated or another "
+                             f"kind of file: {type(exc).__name__})") from None
+    if model.ir_version == 0 or not model.graph.node:
+        raise ModelFileError(f"{path.name}: not an ONNX model (no graph)")
+    _check_external_data(path, model.graph)
+    return model.graph
+
+
+def _check_external_data(path: Path, graph) -> None:
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    folder = path.parent.resolve()
+    for tensor in _tensors(graph):
+        if not uses_external_data(tensor):
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location.replace("\0", "")).resolve()
+        if "\0" in location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelFileError(
+                f"{path.name}: tensor {tensor.name[:100]!r} keeps its data at {location[:200]!r}, "
+                "outside the model's folder; refused")
+        if not target.is_file():
+            raise ModelFileError(f"{path.name}: tensor {tensor.name[:100]!r} keeps its data in "
+                                 f"{location[:200]!r}, which is not a file in the model's folder")
+
+
+def _tensors(graph):
+    """Every tensor that can hold external data: initializers, sparse ones, and constants in
+    node attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
+
+
+def _graph_summary(graph) -> tuple[tuple[str, ...], int]:
+    """Op types with counts in graph order (e.g. 'Conv×12') and the parameter count (from the
+    tensors' shapes: external data is never read here), for ``inspect``; empty without the
+    ``onnx`` package."""
+    if graph is None:
         return (), 0
-    graph = onnx.load(str(path), load_external_data=False).graph
     counts: dict[str, int] = {}
     for node in graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    params = sum(int(np.prod(numpy_helper.to_array(t).shape)) for t in graph.initializer)
+    params = sum(int(np.prod(t.dims)) for t in graph.initializer)
     return tuple(f"{op}×{n}" for op, n in counts.items()), params

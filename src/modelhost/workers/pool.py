@@ -185,7 +185,9 @@ class Worker:
             case Ready():
                 self._ready.set_result(header)
             case LoadFailed(message=message):
-                self._ready.set_exception(LoadError(f"{self.spec.path.name}: {message}"))
+                name = self.spec.path.name  # modelhost's own refusals already start with it
+                self._ready.set_exception(LoadError(
+                    message if message.startswith(name) else f"{name}: {message}"))
 
     def _settle(self, batch_id: int, result=None, error: ModelhostError | None = None) -> None:
         future, _ = self._inflight.pop(batch_id, (None, 0.0))

@@ -27,7 +27,7 @@ from PIL import Image
 from ..errors import InvalidInput, ModelhostError
 from ..inputs.images import to_image, to_tensor
 from ..preprocessing import resolve, tensor_shape
-from ..runtimes.base import load_runtime
+from ..runtimes.base import ModelFileError, RuntimeUnavailable, UntrustedCode, load_runtime
 from ..types import Preprocessing, Region
 from .messages import (
     Batch,
@@ -141,8 +141,11 @@ def _image(data, region: Region | RawTensor, prep: Preprocessing, max_pixels: in
 
 
 def _describe(exc: BaseException) -> str:
-    """A one-line reason without a traceback; the type name says a lot already."""
+    """A one-line reason without a traceback; the type name says a lot already (modelhost's
+    own refusals are complete sentences without it)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, ModelFileError | UntrustedCode | RuntimeUnavailable) and text:
+        return text[:500]
     return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
 
 
