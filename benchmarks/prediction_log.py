@@ -1,13 +1,14 @@
 """What the prediction log costs: throughput with it off, on SQLite and on PostgreSQL, in the
-same run, on the tiny model (the server's own overhead dominates there, so any cost of logging
-shows most) and at concurrency 16.
+same run, at concurrency 16, on the tiny model (the server's own overhead dominates there, so
+any cost of logging shows most) or on the EfficientNet-Lite0 demo (``--model imagenet``).
 
 Rounds alternate the three settings (off, sqlite, postgresql, off, ...) so that drift of this
 shared 2-core machine hits them alike; the ratio is each setting's median over rounds against
 the median with logging off. After each logged run the rows are counted in the database:
 every answered prediction must be stored.
 
-    python benchmarks/prediction_log.py              # 3 rounds x 10 s per setting
+    python benchmarks/prediction_log.py              # tiny model, 3 rounds x 10 s per setting
+    python benchmarks/prediction_log.py --model imagenet
     python benchmarks/prediction_log.py --rounds 1 --duration 5
 """
 
@@ -29,18 +30,26 @@ for _path in (ROOT / "src", ROOT / "benchmarks", ROOT):
         sys.path.insert(0, str(_path))
 
 import tiny_model  # noqa: E402
-from run import _child_env, _stop, _wait_ready, free_port, photo_jpeg  # noqa: E402
+from run import (  # noqa: E402
+    _child_env,
+    _stop,
+    _wait_ready,
+    convert_imagenet,
+    free_port,
+    photo_jpeg,
+)
 from sqlalchemy import create_engine, func, select  # noqa: E402
 from tests.postgres import postgres_server  # noqa: E402  (the tests' throwaway server)
 
 from modelhost import loadgen  # noqa: E402
 from modelhost.feedback.schema import predictions  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "prediction_log.json"
+RESULTS = ROOT / "benchmarks" / "results"
 CONCURRENCY = 16
 
 
 def one_run(model: Path, db_args: list[str], jpeg: bytes, seconds: float, log: Path) -> dict:
+    name = model.name
     port = free_port()
     command = [sys.executable, "-m", "modelhost.cli", "serve", str(model), "--port", str(port),
                *db_args]
@@ -50,7 +59,7 @@ def one_run(model: Path, db_args: list[str], jpeg: bytes, seconds: float, log: P
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, process, 120, log)
-        target = loadgen.upload_target(f"{base}/api/models/tiny/predict", "image", "a.jpg", jpeg)
+        target = loadgen.upload_target(f"{base}/api/models/{name}/predict", "image", "a.jpg", jpeg)
         result = loadgen.run_load_sync([loadgen.LoadSpec(target, CONCURRENCY)], seconds, 2.0)[0]
     finally:
         _stop(process)
@@ -69,6 +78,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--model", choices=("tiny", "imagenet"), default="tiny",
+                        help="tiny: the server's own overhead; imagenet: EfficientNet-Lite0")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop servers and PostgreSQL too
     jpeg = photo_jpeg()
@@ -76,7 +87,8 @@ def main() -> int:
     checks = []
     with tempfile.TemporaryDirectory() as tmp, postgres_server() as pg:
         folder = Path(tmp)
-        model = tiny_model.build(folder / "tiny")
+        model = (tiny_model.build(folder / "tiny") if args.model == "tiny"
+                 else convert_imagenet())
         log = folder / "servers.log"
         for round_ in range(args.rounds):
             for setting in rps:
@@ -96,12 +108,13 @@ def main() -> int:
                 print(line, flush=True)
     medians = {k: statistics.median(v) for k, v in rps.items()}
     report = {
-        "concurrency": CONCURRENCY, "duration_s": args.duration, "rounds": args.rounds,
+        "model": args.model, "concurrency": CONCURRENCY, "duration_s": args.duration,
+        "rounds": args.rounds,
         "rps": rps, "median_rps": medians,
         "ratio_vs_off": {k: round(v / medians["off"], 3) for k, v in medians.items()},
         "stored_checks": checks, "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"prediction_log_{args.model}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["ratio_vs_off"]))
     return 0
 

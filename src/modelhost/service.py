@@ -289,8 +289,9 @@ class PredictionService:
                                 out.batch_size)
         self._record(prediction, request_id)
         if self.prediction_log is not None:
-            await self.prediction_log.record(prediction, data=data, region=request.region,
-                                             client=request.client, request_id=request_id)
+            self.prediction_log.record(prediction, data=data, sha256=out.sha256,
+                                       region=request.region, client=request.client,
+                                       request_id=request_id)
         return prediction
 
     @contextlib.contextmanager

@@ -31,6 +31,7 @@ class BatchOutput:
     decode_ms: float
     inference_ms: float
     batch_size: int
+    sha256: str = ""  # the input's digest, computed by the worker
 
 
 @dataclass
@@ -149,7 +150,7 @@ class Batcher:
                 continue
             item.future.set_result(BatchOutput(
                 rows[index], (sent - item.enqueued) * 1000, result.decode_ms[index],
-                result.inference_ms, len(items),
+                result.inference_ms, len(items), result.sha256[index],
             ))
 
     def _fail_all(self, error: ModelhostError) -> None:

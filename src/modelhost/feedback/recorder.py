@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import threading
 import time
@@ -36,17 +35,6 @@ RETRY_MIN, RETRY_MAX = 0.5, 5.0  # back-off while the database is away
 RECENT = 50_000  # predictions remembered in memory for feedback lookups
 UNFLUSHED_LOOKS = 5  # database look-ups, FLUSH_INTERVAL apart, before an unknown id is a 404
 RETENTION_EVERY = 3600.0
-
-
-HASH_INLINE = 256 * 1024  # bytes hashed on the loop (≈0.3 ms); bigger inputs go to a thread
-
-
-async def _sha256(data: bytes) -> str:
-    """The input's digest without holding the event loop for a large upload (hashlib
-    releases the GIL, so the thread runs beside the loop)."""
-    if len(data) <= HASH_INLINE:
-        return hashlib.sha256(data).hexdigest()
-    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -117,15 +105,14 @@ class PredictionLog:
 
     # -- the request path -------------------------------------------------------------------
 
-    async def record(self, p: Prediction, *, data: bytes, region: Region, client: str | None,
-                     request_id: str) -> None:
+    def record(self, p: Prediction, *, data: bytes, sha256: str, region: Region,
+               client: str | None, request_id: str) -> None:
         """Log one prediction: one journal append, nothing waits for the database."""
-        sha = await _sha256(data)
         labels = [lab.label for lab in p.labels]
         t = p.timings
         self.journal.append({
             "kind": "prediction", "id": p.id, "time": time.time(), "model": p.model,
-            "version": p.version, "sha256": sha, "x": region.x, "y": region.y,
+            "version": p.version, "sha256": sha256, "x": region.x, "y": region.y,
             "crop": region.crop, "labels": labels,
             "scores": [round(lab.score, 6) for lab in p.labels],
             "decode_ms": t.decode, "queue_ms": t.queue, "inference_ms": t.inference,
@@ -134,7 +121,7 @@ class PredictionLog:
         })
         self._remember(p.id, Logged(p.model, p.version, tuple(labels)))
         if self._images is not None:
-            self._pending_images[sha] = data
+            self._pending_images[sha256] = data
 
     async def lookup(self, prediction_id: str) -> Logged:
         """The logged prediction; 404 if unknown, 503 if only the database could tell."""

@@ -86,6 +86,7 @@ class Result:
     errors: tuple[tuple[int, str, str], ...]
     decode_ms: tuple[float, ...]
     inference_ms: float
+    sha256: tuple[str, ...] = ()  # each item's input digest, for the prediction log
 
 
 @dataclass(frozen=True)

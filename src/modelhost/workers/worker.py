@@ -14,6 +14,7 @@ A decoder that crashes or exhausts memory takes down a worker, not the server.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import signal
@@ -96,12 +97,15 @@ def _serve(conn: Connection, runtime, prep: Preprocessing, max_pixels: int) -> N
 
 def _run(runtime, prep: Preprocessing, max_pixels: int, batch: Batch, payload) -> bytes:
     """Decode each image on its own (a bad one fails alone), then run the good ones together."""
-    tensors, ok, errors, decode_ms = [], [], [], []
+    tensors, ok, errors, decode_ms, digests = [], [], [], [], []
     takes_images = getattr(runtime, "takes_images", False)  # a pipeline.py that wants PIL images
     for index, item in enumerate(batch.items):
         started = time.perf_counter()
         try:
             data = payload[item.start : item.end]
+            # Hashed here, not in the server: 40 µs for a 60 KB JPEG was 3 % of the event
+            # loop's time per request at the tiny model's rate (benchmarks/prediction_log.py).
+            digests.append(hashlib.sha256(data).hexdigest())
             tensors.append(_image(data, item.region, prep, max_pixels) if takes_images
                            else _row(data, prep, item.region, max_pixels))
             ok.append(index)
@@ -121,7 +125,7 @@ def _run(runtime, prep: Preprocessing, max_pixels: int, batch: Batch, payload) -
         elapsed = (time.perf_counter() - started) * 1000
         output = output.reshape(output.shape[0], -1).astype(np.float32, copy=False)
     header = Result(batch.batch_id, "float32", output.shape, tuple(ok), tuple(errors),
-                    tuple(decode_ms), elapsed)
+                    tuple(decode_ms), elapsed, tuple(digests))
     return encode(header, output)
 
 
