@@ -42,10 +42,15 @@ QUEUE_LINES = 10_000
 
 
 class _DroppingQueueHandler(logging.handlers.QueueHandler):
-    """Formats in the caller's thread; a full queue (stalled sink) drops the line."""
+    """Formats in the caller's thread; a full queue (stalled sink) drops the line.
+
+    The queue is a ``SimpleQueue`` because its ``put`` is reentrant: a line logged from a
+    signal handler that interrupted a ``put`` on the same thread must not wait for a lock that
+    thread holds (a ``queue.Queue`` deadlocked a server that got SIGTERM mid-log under load).
+    """
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(queue.Full):
+        if self.queue.qsize() < QUEUE_LINES:
             self.queue.put_nowait(record)
 
 
@@ -71,7 +76,7 @@ class _LineWriter:
 def configure(level: str) -> None:
     """Send modelhost's and uvicorn's logs to stderr as JSON lines, through a writer thread."""
     logging.raiseExceptions = False  # a failing sink must not print tracebacks to itself
-    handler = _DroppingQueueHandler(queue.Queue(QUEUE_LINES))
+    handler = _DroppingQueueHandler(queue.SimpleQueue())
     handler.setFormatter(JsonFormatter())
     listener = logging.handlers.QueueListener(handler.queue, _LineWriter(os.dup(2)))
     listener.start()  # a daemon thread: a stalled sink cannot keep the process alive
@@ -84,7 +89,7 @@ def configure(level: str) -> None:
         logging.getLogger(name).propagate = True
 
 
-def _flush(lines: queue.Queue, within: float = 2.0) -> None:
+def _flush(lines: queue.SimpleQueue, within: float = 2.0) -> None:
     """At exit, give the writer thread a moment to write what is queued (not forever)."""
     until = time.monotonic() + within
     while not lines.empty() and time.monotonic() < until:

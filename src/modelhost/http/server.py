@@ -34,12 +34,14 @@ class Server(uvicorn.Server):
             self.force_exit = self.should_exit  # second signal during shutdown: hurry
             self.should_exit = True
             return
-        log.info("signal %s: draining (grace %.0fs)", sig, self._grace)
         loop = asyncio.get_event_loop()
         self._draining = loop.create_future()  # marks "drain started" for a second signal
-        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
+        # Nothing else here: a signal handler interrupts whatever the main thread was doing
+        # (logging, say), so even the log line waits for the loop.
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain(sig)))
 
-    async def _drain(self) -> None:
+    async def _drain(self, sig) -> None:
+        log.info("signal %s: draining (grace %.0fs)", sig, self._grace)
         await self._service.drain(self._grace)
         self.should_exit = True
 
