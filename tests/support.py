@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,6 +65,13 @@ def children_of(pid: int) -> list[int]:
             if int(fields[1]) == pid and fields[0] != "Z" and b"modelhost.workers" in cmdline:
                 found.append(int(entry))
     return found
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers that need their port before starting)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pid_alive(pid: int) -> bool:

@@ -4,7 +4,6 @@ live modelhost serving the digits demo and a test model."""
 from __future__ import annotations
 
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -15,13 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from modelhost.demo import DEMO_DIR
 
-from .support import rgb_model, solid, start_server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .support import free_port, rgb_model, solid, start_server
 
 
 @pytest.fixture(scope="module")
