@@ -9,12 +9,13 @@ import hashlib
 import logging
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
+from .apikeys import KeyRing
 from .batching.batcher import Batcher
 from .demo import DEMO_DIR, imagenet_available
 from .download import fetch_model
@@ -23,6 +24,7 @@ from .feedback.recorder import PredictionLog
 from .feedback.store import Store
 from .http.app import create_app
 from .http.protocol import http_protocol
+from .http.ratelimit import Limiter, limiter_for
 from .http.server import Server
 from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
@@ -173,31 +175,51 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
 def build_app(settings: Settings) -> FastAPI:
     """The app for ``settings`` (also used by tests and ASGI servers)."""
     service, metrics = build_service(settings, model_specs(settings))
-    return create_app(service, metrics, settings, watcher=_watcher(settings, service),
-                      control=_control(settings, service))
+    return _app(service, metrics, settings, _Door.of(settings))
 
 
-def _grpc(service: PredictionService, metrics: Metrics, settings: Settings):
+@dataclass(frozen=True)
+class _Door:
+    """The API keys and the rate limiter, one of each, shared by the HTTP and gRPC ports."""
+
+    keys: KeyRing | None
+    limiter: Limiter | None
+
+    @classmethod
+    def of(cls, settings: Settings) -> _Door:
+        keys = KeyRing.load(settings.api_keys) if settings.api_keys else None
+        return cls(keys, limiter_for(settings))
+
+
+def _app(service: PredictionService, metrics: Metrics, settings: Settings,
+         door: _Door) -> FastAPI:
+    return create_app(service, metrics, settings, keys=door.keys, limiter=door.limiter,
+                      watcher=_watcher(settings, service), control=_control(settings, service))
+
+
+def _grpc(service: PredictionService, metrics: Metrics, settings: Settings, door: _Door):
     """The gRPC endpoint when a port is set (grpcio loads only then)."""
     if settings.grpc_port is None:
         return None
+    from .grpc_guard import Guard
     from .grpc_server import GrpcServer
 
-    return GrpcServer(service, metrics, settings)
+    return GrpcServer(service, metrics, settings,
+                      guard=Guard(door.keys, door.limiter, settings.protect_ops))
 
 
 def serve(settings: Settings) -> int:
     """Run the server until it is stopped; the process exit status."""
     service, metrics = build_service(settings, model_specs(settings))
-    app = create_app(service, metrics, settings, watcher=_watcher(settings, service),
-                     control=_control(settings, service))
+    door = _Door.of(settings)
+    app = _app(service, metrics, settings, door)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
         lifespan="on", log_config=None, access_log=settings.access_log,
         timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
     )
-    server = Server(config, service, grace=settings.drain_grace, grpc=_grpc(service, metrics,
-                                                                           settings))
+    server = Server(config, service, grace=settings.drain_grace,
+                    grpc=_grpc(service, metrics, settings, door))
     server.run()
     if service.lifecycle.fatal:
         # the failure itself was logged, once, as it happened

@@ -7,7 +7,7 @@ join the same batches. Tensors come as ``raw_input_contents`` or typed ``content
 back as ``raw_output_contents`` (what Triton and its clients use). A client's deadline shortens
 the request's; errors become gRPC status codes.
 
-Not behind the HTTP middleware: API keys and rate limits do not apply to this port.
+API keys and rate limits apply here too, through the interceptor in grpc_guard.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from grpc import aio
 
 from . import __version__
 from .errors import InvalidInput, ModelhostError
+from .grpc_guard import Guard
 from .metrics import Metrics
 from .protocols import v2
 from .protocols import v2_model as served_v2
@@ -52,8 +53,10 @@ _CONTENTS = {
 class GrpcServer:
     """The gRPC endpoint's lifecycle: start on the running loop, stop with a grace period."""
 
-    def __init__(self, service: PredictionService, metrics: Metrics, settings: Settings) -> None:
+    def __init__(self, service: PredictionService, metrics: Metrics, settings: Settings,
+                 guard: Guard) -> None:
         self._service = service
+        self._guard = guard
         self._metrics = metrics
         self._settings = settings
         self._server: aio.Server | None = None
@@ -62,7 +65,8 @@ class GrpcServer:
     async def start(self) -> int:
         protos, services = grpc.protos_and_services(PROTO)
         limit = self._settings.max_body
-        self._server = aio.server(options=[("grpc.max_receive_message_length", limit),
+        self._server = aio.server(interceptors=[self._guard],
+                                  options=[("grpc.max_receive_message_length", limit),
                                            ("grpc.max_send_message_length", limit)])
         services.add_GRPCInferenceServiceServicer_to_server(
             _Servicer(protos, self._service, self._metrics, self._settings), self._server)

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from .. import __version__
-from ..apikeys import KeyRing
 from ..metrics import Metrics
 from ..service import PredictionService
 from ..settings import Settings
@@ -28,17 +27,20 @@ from .auth import ApiKeys
 from .crosssite import SameOrigin
 from .hosts import HostCheck
 from .middleware import BodyLimit, RequestContext
-from .ratelimit import RateLimit, limiter_for
+from .ratelimit import Limiter, RateLimit
 from .responses import JSON
 
 if TYPE_CHECKING:
+    from ..apikeys import KeyRing
     from ..model_control import ModelControl
     from ..watch import RepositoryWatcher
 
 
-def create_app(service: PredictionService, metrics: Metrics, settings: Settings,
+def create_app(service: PredictionService, metrics: Metrics, settings: Settings, *,
+               keys: KeyRing | None = None, limiter: Limiter | None = None,
                watcher: RepositoryWatcher | None = None,
                control: ModelControl | None = None) -> FastAPI:
+    """The app; ``keys`` and ``limiter`` are shared with the gRPC port (one budget per key)."""
     prediction_log = service.prediction_log
 
     @contextlib.asynccontextmanager
@@ -79,9 +81,8 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings,
     docs.install(app)
     app.mount("/static", pages.static_files(), name="static")
     app.add_middleware(BodyLimit, max_body=settings.max_body)
-    app.add_middleware(RateLimit, limiter=limiter_for(settings))
-    app.add_middleware(ApiKeys, keys=KeyRing.load(settings.api_keys) if settings.api_keys
-                       else None, protect_ops=settings.protect_ops)
+    app.add_middleware(RateLimit, limiter=limiter)
+    app.add_middleware(ApiKeys, keys=keys, protect_ops=settings.protect_ops)
     app.add_middleware(SameOrigin, allowed_origins=settings.allowed_origins)
     app.add_middleware(HostCheck, bind_host=settings.host, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestContext)

@@ -248,7 +248,7 @@
     let resp;
     let body;
     try {
-      resp = await fetch(MODELS_URL, { headers: { Accept: "application/json" } });
+      resp = await window.modelhostKey.fetch(MODELS_URL, { headers: { Accept: "application/json" } });
       body = await readBody(resp);
     } catch {
       state.lastErrorCode = "models";
@@ -589,7 +589,7 @@
     let resp;
     let body;
     try {
-      resp = await fetch(url, init);
+      resp = await window.modelhostKey.fetch(url, init);
       body = await readBody(resp);
     } catch (e) {
       if (controller.signal.aborted || seq !== state.seq) return;

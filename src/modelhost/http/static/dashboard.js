@@ -53,7 +53,7 @@
   }
 
   async function getJSON(url) {
-    const resp = await fetch(url, { headers: { Accept: "application/json" } });
+    const resp = await window.modelhostKey.fetch(url, { headers: { Accept: "application/json" } });
     const body = await resp.json().catch(() => null);
     if (!resp.ok) throw new Error((body && body.error && body.error.message) || resp.statusText);
     return body;

@@ -17,7 +17,7 @@
     if (labelsByModel.has(model)) return labelsByModel.get(model);
     let names = [];
     try {
-      const resp = await fetch(`api/models/${encodeURIComponent(model)}`, {
+      const resp = await window.modelhostKey.fetch(`api/models/${encodeURIComponent(model)}`, {
         headers: { Accept: "application/json" },
       });
       if (resp.ok) names = (await resp.json()).label_names || [];
@@ -65,7 +65,7 @@
     let resp = null;
     let body = null;
     try {
-      resp = await fetch(`api/predictions/${encodeURIComponent(judged.id)}/feedback`, {
+      resp = await window.modelhostKey.fetch(`api/predictions/${encodeURIComponent(judged.id)}/feedback`, {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
         body: JSON.stringify({ label }),

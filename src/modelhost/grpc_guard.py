@@ -1,0 +1,109 @@
+"""API keys and rate limits on the gRPC port, with the same keys and the same budget as HTTP.
+
+A gRPC client sends its key as call metadata, ``authorization: Bearer <key>`` or
+``x-api-key: <key>`` (tritonclient's ``headers=`` argument sets either). Without a valid key a
+call ends with UNAUTHENTICATED; over the rate limit with RESOURCE_EXHAUSTED and a
+``retry-after`` trailer. ServerLive and ServerReady stay open unless ``--protect-ops``, like
+``/v2/health`` over HTTP, and are never rate limited. The limiter is the HTTP side's own object,
+so one key's budget covers both ports; if its shared storage fails, calls are served, as on HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import grpc
+from grpc import aio
+from limits.errors import StorageError
+
+from .apikeys import KeyRing
+from .http.ratelimit import Limiter
+
+log = logging.getLogger("modelhost.auth")
+_OPS = frozenset({"/inference.GRPCInferenceService/ServerLive",
+                  "/inference.GRPCInferenceService/ServerReady"})
+
+
+class Guard(aio.ServerInterceptor):
+    """Wraps each unary method's handler with the key check and the rate limit."""
+
+    def __init__(self, keys: KeyRing | None, limiter: Limiter | None,
+                 protect_ops: bool = False) -> None:
+        self._keys = keys
+        self._limiter = limiter
+        self._protect_ops = protect_ops
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        is_ops = details.method in _OPS
+        needs_key = self._keys is not None and (self._protect_ops or not is_ops)
+        limited = self._limiter is not None and not is_ops
+        if handler is None or not (needs_key or limited):
+            return handler
+        inner = handler.unary_unary  # every method of GRPCInferenceService is unary
+
+        async def guarded(request, context: aio.ServicerContext):
+            name = await self._authenticate(context) if needs_key else None
+            if limited:
+                await self._admit(context, name)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+    async def _authenticate(self, context: aio.ServicerContext) -> str:
+        """The key's name, or the call ends with UNAUTHENTICATED."""
+        assert self._keys is not None
+        secret = presented_key(context.invocation_metadata() or ())
+        name = self._keys.verify(secret) if secret else None
+        if name is None:
+            log.warning("unauthorized request", extra={"fields": {
+                "client": _address(context), "protocol": "grpc",
+                "reason": "invalid key" if secret else "no key"}})
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "the API key is not valid" if secret else
+                                "an API key is required: send 'authorization: Bearer <key>' "
+                                "or 'x-api-key' metadata")
+        return name
+
+    async def _admit(self, context: aio.ServicerContext, name: str | None) -> None:
+        """Count the call against its key's (else its address's) budget."""
+        assert self._limiter is not None
+        identity = f"key:{name}" if name else f"addr:{_address(context)}"
+        try:
+            allowed, _remaining, reset = await self._limiter.hit(identity)
+        except StorageError as exc:
+            log.warning("rate-limit storage failed; serving without a limit: %s",
+                        type(exc.storage_error).__name__)
+            return
+        if not allowed:
+            context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(reset)))),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "too many requests; slow down")
+
+
+def presented_key(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+    """The secret from ``authorization: Bearer`` (preferred) or ``x-api-key``."""
+    api_key = None
+    for key, value in metadata:
+        if not isinstance(value, str):
+            continue
+        if key == "authorization":
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif key == "x-api-key":
+            api_key = value.strip() or None
+    return api_key
+
+
+def _address(context: aio.ServicerContext) -> str:
+    """The client's address without its port: ``ipv4:127.0.0.1:5123`` → ``127.0.0.1``."""
+    peer = context.peer() or "unknown"
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]") or rest
+    return rest.rpartition(":")[0] or peer
