@@ -36,6 +36,16 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, timeout: float = 15) -> str:
+        """The log once it holds ``text``: log lines reach the file from a writer thread,
+        so a line about a request may land just after its response."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never logged:\n{log[-4000:]}")
+            time.sleep(0.05)
+        return log
+
     def worker_pids(self) -> list[int]:
         """Direct children of the server process (its model workers)."""
         return children_of(self.process.pid)

@@ -25,7 +25,7 @@ def test_conversions_are_cached_by_source_hash_and_reused(auto_server, built, ca
     assert cached == {cache_key(specs[m]) for m in FRAMEWORK_MODELS}
     onnx_file = cache_dir / "onnx" / cache_key(specs["digits_h5"]) / "model.onnx"
     before = onnx_file.stat().st_mtime_ns
-    assert "digits_h5: converting keras to ONNX" in auto_server.log()
+    auto_server.wait_for_log("digits_h5: converting keras to ONNX")
 
     again = start_server([str(built / "repo" / "digits_h5"), "--cache-dir", str(cache_dir)],
                          tmp_path)

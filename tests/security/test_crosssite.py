@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -106,6 +107,10 @@ def test_a_cross_site_form_and_fetch_are_refused_in_chromium(evil_server, browse
             page.goto(f"http://localhost:{attacker.server_port}/")
         assert answer.value.status == 403
         assert '"forbidden"' in answer.value.text()
+        deadline = time.monotonic() + 15  # lines land from a writer thread: wait for both
+        while (evil_server.log().count("cross-site request refused") - before < 2
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
         assert evil_server.log().count("cross-site request refused") - before == 2
     finally:
         context.close()

@@ -8,7 +8,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from ..support import free_port, solid, start_server
+from ..support import free_port, solid, start_server, wait_until_ready
 from .test_auth import cli_add_key
 
 BURST = 4  # --rate-limit 1/s --burst 4: four calls in any four seconds
@@ -57,8 +57,7 @@ def test_a_key_is_needed_except_for_health(guarded):
     logits = infer(client, bearer(secrets["alice"]))
     assert logits.argmax() == 1  # green
     assert client.get_model_metadata("rgb", headers={"x-api-key": secrets["bob"]}).name == "rgb"
-    log = server.log_path.read_text()
-    assert '"protocol":"grpc","reason":"invalid key"' in log
+    log = server.wait_for_log('"protocol":"grpc","reason":"invalid key"')
     assert secrets["alice"] not in log
 
 
@@ -79,3 +78,21 @@ def test_one_budget_covers_http_and_grpc(guarded):
     assert over.status_code == 429  # the HTTP side sees the same spent budget
     assert client.is_server_live()  # probes are never limited
     assert infer(client, bearer(secrets["dave"])).argmax() == 1  # another key, its own budget
+
+
+def test_protect_ops_closes_the_grpc_probes_too(rgb_repo, tmp_path):
+    keys = tmp_path / "keys.txt"
+    secret = cli_add_key(keys, "probe")
+    port = free_port()
+    server = start_server([str(rgb_repo), "--api-keys", str(keys), "--grpc-port", str(port),
+                           "--protect-ops"], tmp_path, wait_ready=False)
+    try:
+        server.client.headers["X-API-Key"] = secret
+        wait_until_ready(server)
+        with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            assert status_of(client.is_server_live) == "StatusCode.UNAUTHENTICATED"
+            assert status_of(client.is_server_ready) == "StatusCode.UNAUTHENTICATED"
+            assert client.is_server_live(headers=bearer(secret))
+            assert client.is_server_ready(headers={"x-api-key": secret})
+    finally:
+        assert server.stop() == 0

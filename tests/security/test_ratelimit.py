@@ -74,7 +74,7 @@ def test_replicas_share_one_budget_in_redis(rgb_repo, tmp_path, redis_url):
         process.terminate()
         process.wait(10)
         assert statuses(first, 2) == [200, 200]
-        assert "rate-limit storage failed" in first.log()
+        first.wait_for_log("rate-limit storage failed")
     finally:
         assert first.stop() == 0
         assert second.stop() == 0
