@@ -16,6 +16,7 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,21 @@ class KeyRing:
             if hmac.compare_digest(digest, stored) and found is None:
                 found = name
         return found
+
+
+def presented_secret(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The secret a client sent: ``authorization: Bearer <key>`` (preferred) or
+    ``x-api-key: <key>``. ``headers`` are (lower-case name, value) pairs: HTTP headers or gRPC
+    call metadata, so both ports read a key the same way."""
+    api_key = None
+    for name, value in headers:
+        if name == "authorization":
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == "x-api-key":
+            api_key = value.strip() or None
+    return api_key
 
 
 def new_secret() -> str:

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 
 import grpc
 from grpc import aio
-from limits.errors import StorageError
 
-from .apikeys import KeyRing
-from .http.ratelimit import Limiter
+from .apikeys import KeyRing, presented_secret
+from .http.ratelimit import Limiter, identity
 
 log = logging.getLogger("modelhost.auth")
 _OPS = frozenset({"/inference.GRPCInferenceService/ServerLive",
@@ -57,7 +55,9 @@ class Guard(aio.ServerInterceptor):
     async def _authenticate(self, context: aio.ServicerContext) -> str:
         """The key's name, or the call ends with UNAUTHENTICATED."""
         assert self._keys is not None
-        secret = presented_key(context.invocation_metadata() or ())
+        secret = presented_secret((key, value) for key, value
+                                  in context.invocation_metadata() or ()
+                                  if isinstance(value, str))
         name = self._keys.verify(secret) if secret else None
         if name is None:
             log.warning("unauthorized request", extra={"fields": {
@@ -72,32 +72,12 @@ class Guard(aio.ServerInterceptor):
     async def _admit(self, context: aio.ServicerContext, name: str | None) -> None:
         """Count the call against its key's (else its address's) budget."""
         assert self._limiter is not None
-        identity = f"key:{name}" if name else f"addr:{_address(context)}"
-        try:
-            allowed, _remaining, reset = await self._limiter.hit(identity)
-        except StorageError as exc:
-            log.warning("rate-limit storage failed; serving without a limit: %s",
-                        type(exc.storage_error).__name__)
-            return
-        if not allowed:
-            context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(reset)))),))
+        counted = await self._limiter.hit(identity(name, _address(context)))
+        if counted is not None and not counted.allowed:
+            retry_after = str(max(1, math.ceil(counted.reset)))
+            context.set_trailing_metadata((("retry-after", retry_after),))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 "too many requests; slow down")
-
-
-def presented_key(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
-    """The secret from ``authorization: Bearer`` (preferred) or ``x-api-key``."""
-    api_key = None
-    for key, value in metadata:
-        if not isinstance(value, str):
-            continue
-        if key == "authorization":
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        elif key == "x-api-key":
-            api_key = value.strip() or None
-    return api_key
 
 
 def _address(context: aio.ServicerContext) -> str:

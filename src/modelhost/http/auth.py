@@ -11,7 +11,7 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..apikeys import KeyRing
+from ..apikeys import KeyRing, presented_secret
 from .errors import error_response
 from .public import is_ops, is_page
 
@@ -52,13 +52,6 @@ class ApiKeys:
 
 
 def presented_key(scope: Scope) -> str | None:
-    """The secret from ``Authorization: Bearer`` (preferred) or ``X-API-Key``."""
-    api_key = None
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        elif name == b"x-api-key":
-            api_key = value.decode("latin-1").strip() or None
-    return api_key
+    """The secret from the request's ``Authorization: Bearer`` or ``X-API-Key`` header."""
+    return presented_secret((name.decode("latin-1"), value.decode("latin-1"))
+                            for name, value in scope.get("headers", []))

@@ -17,6 +17,7 @@ import logging
 import math
 import re
 import time
+from typing import NamedTuple
 
 from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -47,6 +48,14 @@ def limit_item(rate: str, burst: int | None) -> RateLimitItem:
     return RateLimitItemPerSecond(burst, math.ceil(burst / per_second - 1e-9))
 
 
+class Count(NamedTuple):
+    """One counted request: whether it is allowed, what is left, seconds until a slot frees."""
+
+    allowed: bool
+    remaining: int
+    reset: float
+
+
 class Limiter:
     """One rate-limit policy over one storage (``memory://`` or ``redis://host:port``)."""
 
@@ -61,11 +70,17 @@ class Limiter:
         self.strategy = MovingWindowRateLimiter(storage)
         self.policy = f"{item.amount};w={item.get_expiry()}"
 
-    async def hit(self, identity: str) -> tuple[bool, int, float]:
-        """``(allowed, remaining, seconds until the window frees a slot)``."""
-        allowed = await self.strategy.hit(self.item, identity)
-        stats = await self.strategy.get_window_stats(self.item, identity)
-        return allowed, stats.remaining, max(0.0, stats.reset_time - time.time())
+    async def hit(self, identity: str) -> Count | None:
+        """Count one request of ``identity``; None when the shared storage failed (logged):
+        the caller then serves the request unlimited."""
+        try:
+            allowed = await self.strategy.hit(self.item, identity)
+            stats = await self.strategy.get_window_stats(self.item, identity)
+        except StorageError as exc:
+            log.warning("rate-limit storage failed; serving without a limit: %s",
+                        type(exc.storage_error).__name__)
+            return None
+        return Count(allowed, stats.remaining, max(0.0, stats.reset_time - time.time()))
 
 
 class RateLimit:
@@ -80,12 +95,11 @@ class RateLimit:
                 or is_page(scope["method"], scope["path"])):
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
-        try:
-            allowed, remaining, reset = await self.limiter.hit(identity_of(scope))
-        except StorageError as exc:
-            log.warning("rate-limit storage failed; serving without a limit: %s",
-                        type(exc.storage_error).__name__)
+        counted = await self.limiter.hit(identity(state.get("api_key_name"),
+                                                  (scope.get("client") or ("unknown", 0))[0]))
+        if counted is None:
             return await self.app(scope, receive, send)
+        allowed, remaining, reset = counted
         headers = [(b"ratelimit-limit", str(self.limiter.item.amount).encode()),
                    (b"ratelimit-remaining", str(remaining).encode()),
                    (b"ratelimit-reset", str(math.ceil(reset)).encode()),
@@ -104,12 +118,9 @@ class RateLimit:
         await self.app(scope, receive, send_with_headers)
 
 
-def identity_of(scope: Scope) -> str:
-    """Who is counted: the API key's name, else the client address."""
-    name = scope.get("state", {}).get("api_key_name")
-    if name:
-        return f"key:{name}"
-    return f"addr:{(scope.get('client') or ('unknown', 0))[0]}"
+def identity(key_name: str | None, address: str) -> str:
+    """Who is counted: the API key's name, else the client address (HTTP and gRPC alike)."""
+    return f"key:{key_name}" if key_name else f"addr:{address}"
 
 
 def limiter_for(settings: Settings) -> Limiter | None:
