@@ -161,6 +161,7 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
         start_timeout=settings.worker_start_timeout,
         max_pixels=settings.max_pixels,
         memory_limit=settings.worker_memory_limit,
+        hash_inputs=settings.log_predictions,
     )
     batcher = Batcher(
         pool,

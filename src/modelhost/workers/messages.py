@@ -27,6 +27,7 @@ class Start:
     threads: int
     max_pixels: int
     memory_limit: int | None = None  # bytes of address space (RLIMIT_AS), set before loading
+    hash_inputs: bool = False  # SHA-256 of each input, for the prediction log (off without one)
 
 
 @dataclass(frozen=True)

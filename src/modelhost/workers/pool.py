@@ -65,12 +65,9 @@ class LoadError(Exception):
 class Worker:
     """One worker process, seen from the server."""
 
-    def __init__(self, spec: ModelSpec, threads: int, max_pixels: int,
-                 memory_limit: int | None = None) -> None:
-        self.spec = spec
-        self._threads = threads
-        self._max_pixels = max_pixels
-        self._memory_limit = memory_limit
+    def __init__(self, start: Start) -> None:
+        self.spec = start.spec
+        self._start = start  # the first frame it is sent: model, threads, limits
         self._images: dict[int, list[bytes]] = {}  # in-flight inputs, suspects if it dies
         self.suspects: set[bytes] = set()  # digests of the inputs it was running when it died
         self._loop = asyncio.get_running_loop()
@@ -101,8 +98,7 @@ class Worker:
             )
         self.pid = self._process.pid
         reader, self._writer = await asyncio.open_connection(sock=ours)
-        self._send(encode(Start(self.spec, self._threads, self._max_pixels,
-                                self._memory_limit)))
+        self._send(encode(self._start))
         self._reading = self._loop.create_task(self._read_frames(reader))
         try:
             return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
@@ -230,14 +226,13 @@ class ModelPool:
     """All worker processes of one model: dispatch to the least busy, restart the dead."""
 
     def __init__(self, spec: ModelSpec, replicas: int, threads: int, start_timeout: float,
-                 max_pixels: int, memory_limit: int | None = None) -> None:
+                 max_pixels: int, memory_limit: int | None = None,
+                 hash_inputs: bool = False) -> None:
         self.spec = spec
-        self._max_pixels = max_pixels
-        self._memory_limit = memory_limit
+        self._start = Start(spec, threads, max_pixels, memory_limit, hash_inputs)
         self._deaths: dict[bytes, int] = {}  # input digest → workers that died running it
         self.quarantined: set[bytes] = set()
         self._replicas = replicas
-        self._threads = threads
         self._start_timeout = start_timeout
         self._workers: list[Worker | None] = [None] * replicas
         self._changed = asyncio.Event()
@@ -260,7 +255,7 @@ class ModelPool:
         """Start every replica; raise LoadError if any fails (the others are stopped)."""
         started = time.perf_counter()
         workers = [
-            Worker(self.spec, self._threads, self._max_pixels, self._memory_limit)
+            Worker(self._start)
             for _ in range(self._replicas)
         ]
         results = await asyncio.gather(
@@ -355,7 +350,7 @@ class ModelPool:
     async def _restart(self, backoff: float) -> Worker:
         while True:
             await asyncio.sleep(backoff)
-            worker = Worker(self.spec, self._threads, self._max_pixels, self._memory_limit)
+            worker = Worker(self._start)
             try:
                 await worker.start(self._start_timeout)
                 return worker

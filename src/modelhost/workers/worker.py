@@ -28,7 +28,13 @@ from PIL import Image
 from ..errors import InvalidInput, ModelhostError
 from ..inputs.images import to_image, to_tensor
 from ..preprocessing import resolve, tensor_shape
-from ..runtimes.base import ModelFileError, RuntimeUnavailable, UntrustedCode, load_runtime
+from ..runtimes.base import (
+    ModelFileError,
+    RuntimeUnavailable,
+    UntrustedCode,
+    first_line,
+    load_runtime,
+)
 from ..types import Preprocessing, Region
 from .messages import (
     Batch,
@@ -65,7 +71,7 @@ def main(fd: int) -> None:
         conn.send_bytes(encode(LoadFailed("model_load_failed", _describe(exc))))
         return
     conn.send_bytes(encode(Ready(runtime.info, time.perf_counter() - started, os.getpid())))
-    _serve(conn, runtime, prep, start.max_pixels)
+    _serve(conn, runtime, prep, start)
 
 
 def _warm_up(runtime, prep: Preprocessing) -> None:
@@ -76,7 +82,7 @@ def _warm_up(runtime, prep: Preprocessing) -> None:
         runtime.predict(np.zeros(tensor_shape(prep, 1), dtype=prep.dtype))
 
 
-def _serve(conn: Connection, runtime, prep: Preprocessing, max_pixels: int) -> None:
+def _serve(conn: Connection, runtime, prep: Preprocessing, start: Start) -> None:
     slots = Attachments()
     while True:
         try:
@@ -89,14 +95,15 @@ def _serve(conn: Connection, runtime, prep: Preprocessing, max_pixels: int) -> N
             if header.shm:
                 payload = slots.view(header.shm, header.items[-1].end)
             try:
-                frame = _run(runtime, prep, max_pixels, header, payload)
+                frame = _run(runtime, prep, start, header, payload)
             except Exception as exc:  # a bug here must fail one batch, not the worker
                 frame = encode(BatchFailed(header.batch_id, "model_failed", _describe(exc)))
             conn.send_bytes(frame)
 
 
-def _run(runtime, prep: Preprocessing, max_pixels: int, batch: Batch, payload) -> bytes:
+def _run(runtime, prep: Preprocessing, start: Start, batch: Batch, payload) -> bytes:
     """Decode each image on its own (a bad one fails alone), then run the good ones together."""
+    max_pixels = start.max_pixels
     tensors, ok, errors, decode_ms, digests = [], [], [], [], []
     takes_images = getattr(runtime, "takes_images", False)  # a pipeline.py that wants PIL images
     for index, item in enumerate(batch.items):
@@ -105,7 +112,8 @@ def _run(runtime, prep: Preprocessing, max_pixels: int, batch: Batch, payload) -
             data = payload[item.start : item.end]
             # Hashed here, not in the server: 40 µs for a 60 KB JPEG was 3 % of the event
             # loop's time per request at the tiny model's rate (benchmarks/prediction_log.py).
-            digests.append(hashlib.sha256(data).hexdigest())
+            # Only with a prediction log: nothing else reads the digest.
+            digests.append(hashlib.sha256(data).hexdigest() if start.hash_inputs else "")
             tensors.append(_image(data, item.region, prep, max_pixels) if takes_images
                            else _row(data, prep, item.region, max_pixels))
             ok.append(index)
@@ -147,7 +155,7 @@ def _image(data, region: Region | RawTensor, prep: Preprocessing, max_pixels: in
 def _describe(exc: BaseException) -> str:
     """A one-line reason without a traceback; the type name says a lot already (modelhost's
     own refusals are complete sentences without it)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = first_line(exc, 500)
     if isinstance(exc, ModelFileError | UntrustedCode | RuntimeUnavailable) and text:
         return text[:500]
     return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
