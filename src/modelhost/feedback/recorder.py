@@ -78,8 +78,9 @@ class PredictionLog:
     async def start(self) -> None:
         """Bring the schema up to date (if the database answers), then start the writer; it
         first stores what an earlier run left in the journal."""
-        log.info("prediction log in %s", self.store.describe(), extra={"fields": {
-            "db": self.store.describe(), "journal": str(self.journal.folder)}})
+        where = self.store.describe()
+        log.info("prediction log in %s", where, extra={"fields": {
+            "db": where, "journal": str(self.journal.folder)}})
         try:
             await asyncio.to_thread(self._ensure_schema)
         except StoreUnavailable as exc:

@@ -50,13 +50,14 @@ _RUNTIMES = {
     "torch_export": ("torch", "TorchExportRuntime", "torch"),
     "python": ("python", "PipelineRuntime", ""),
 }
-FORMATS = tuple(_RUNTIMES)
 _FRAMEWORKS = {"tensorflow", "keras", "torch", "tf2onnx", "h5py"}
 
 
-def extra_for(fmt: str) -> str:
-    """The pip extra that installs ``fmt``'s framework ('' when it ships with modelhost)."""
-    return _RUNTIMES[fmt][2] if fmt in _RUNTIMES else ""
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut at ``limit`` ('' when it has none):
+    frameworks raise multi-page messages, and a log line or an error body needs one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""
 
 
 def load_runtime(spec: ModelSpec, threads: int) -> Runtime:

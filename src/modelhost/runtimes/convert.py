@@ -144,7 +144,7 @@ def _report_file(folder: Path) -> dict | None:
 def convert(spec: ModelSpec, out: Path) -> dict:
     """Convert ``spec`` into ``out/model.onnx`` and verify it; the report (also written)."""
     from ..preprocessing import resolve
-    from .base import ModelFileError, UntrustedCode, load_runtime
+    from .base import ModelFileError, UntrustedCode, first_line, load_runtime
     from .onnx import OnnxRuntime
 
     started = time.perf_counter()
@@ -160,7 +160,7 @@ def convert(spec: ModelSpec, out: Path) -> dict:
         detail = verify(source, converted, sample_inputs(spec, prep), spec.config.output_kind)
         report = {"ok": True, "detail": f"{detail}, {time.perf_counter() - started:.1f}s"}
     except Exception as exc:
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        text = first_line(exc)
         report = {"ok": False, "reason": f"{type(exc).__name__}: {text}" if text
                   else type(exc).__name__,
                   "unloadable": isinstance(exc, ModelFileError | UntrustedCode)}

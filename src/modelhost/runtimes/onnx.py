@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import ModelInfo, ModelSpec, TensorSpec
-from .base import ModelFileError
+from .base import ModelFileError, first_line
 
 _DTYPES = {
     "tensor(float)": "float32",
@@ -49,7 +49,7 @@ class OnnxRuntime:
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ONNX Runtime raises its own, untyped, errors
-            reason = str(exc).strip().splitlines()[0].replace(str(path), path.name)
+            reason = first_line(exc, 1000).replace(str(path), path.name)
             raise ModelFileError(f"{path.name}: ONNX Runtime cannot load it: {reason}") from None
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name

@@ -37,6 +37,7 @@ class PipelineRuntime:
         if self.takes_images and not self.labels:
             raise ValueError(f"{cls.__name__}.predict_image returns scores by label; "
                              "put the labels in labels.txt beside the model")
+        self._known = frozenset(self.labels)  # checked against every image's answer
         height, width, channels = getattr(self.pipeline, "input_shape", (224, 224, 3))[-3:]
         self.info = ModelInfo(
             inputs=(TensorSpec("image", "float32", (-1, height, width, channels)),),
@@ -52,7 +53,7 @@ class PipelineRuntime:
         rows = []
         for image in images:
             scores = self.pipeline.predict_image(image)
-            unknown = set(scores) - set(self.labels)
+            unknown = scores.keys() - self._known
             if unknown:
                 raise ValueError(f"predict_image returned labels not in labels.txt: "
                                  f"{sorted(unknown)[:5]}")

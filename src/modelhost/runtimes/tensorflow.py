@@ -87,20 +87,20 @@ class FrozenGraphRuntime:
         self.input_name, self.output_name = endpoints(
             graph, spec.options.input_name, spec.options.output_name
         )
-        self._fn = wrapped.prune([graph.get_tensor_by_name(self.input_name)],
-                                 [graph.get_tensor_by_name(self.output_name)])
-        self._tf = tf
         source = graph.get_tensor_by_name(self.input_name)
         sink = graph.get_tensor_by_name(self.output_name)
+        self._fn = wrapped.prune([source], [sink])
+        self._tf = tf
         operations = graph.get_operations()
+        nodes = _nodes(graph)  # a copy of the whole graph definition: made once
         self.info = ModelInfo(
             inputs=(TensorSpec(self.input_name, source.dtype.name, _shape(source.shape)),),
             outputs=(TensorSpec(self.output_name, sink.dtype.name, _shape(sink.shape)),),
-            ops=_op_counts(_nodes(graph)),
+            ops=_op_counts(nodes),
             parameters=sum(int(np.prod(op.outputs[0].shape)) for op in operations
                            if op.type == "Const" and op.outputs[0].shape.rank),
             producer="tensorflow (frozen graph)",
-            scaling="none" if _rescales(_nodes(graph)) else None,
+            scaling="none" if _rescales(nodes) else None,
             graph=tuple((op.name, op.type, _shapes(op)) for op in operations),
         )
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import ModelInfo, ModelSpec, TensorSpec
-from .base import ModelFileError, UntrustedCode
+from .base import ModelFileError, UntrustedCode, first_line
 
 
 def _torch(threads: int):
@@ -167,8 +167,7 @@ def _weights_only(force: bool):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return first_line(exc) or type(exc).__name__
 
 
 def _user_inputs(program) -> set[str]:
