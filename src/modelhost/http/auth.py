@@ -17,6 +17,7 @@ from .public import is_ops, is_page
 
 log = logging.getLogger("modelhost.auth")
 _CHALLENGE = 'Bearer realm="modelhost"'
+_KEY_HEADERS = (b"authorization", b"x-api-key")  # only these are decoded
 
 
 class ApiKeys:
@@ -54,4 +55,4 @@ class ApiKeys:
 def presented_key(scope: Scope) -> str | None:
     """The secret from the request's ``Authorization: Bearer`` or ``X-API-Key`` header."""
     return presented_secret((name.decode("latin-1"), value.decode("latin-1"))
-                            for name, value in scope.get("headers", []))
+                            for name, value in scope.get("headers", []) if name in _KEY_HEADERS)
