@@ -7,6 +7,7 @@ workers (for warm-up) call :func:`resolve`, so it depends on nothing but the sha
 
 from __future__ import annotations
 
+from .inputs.pipelines import DEFAULT_INTERPOLATION
 from .types import ModelConfig, ModelInfo, Preprocessing
 
 DEFAULT_SIZE = 224
@@ -51,9 +52,34 @@ def resolve(config: ModelConfig, info: ModelInfo) -> Preprocessing:
         std=config.std or (1.0, 1.0, 1.0),
         bgr=config.bgr,
         resize=config.resize,
-        resample=config.resample,
+        resample=config.resample or DEFAULT_INTERPOLATION[config.pipeline or ""],
         default_crop=config.default_crop,
+        pipeline=config.pipeline or "",
+        decode=config.decode,
+        antialias=config.antialias,
+        central_crop=config.central_crop,
+        aspect_crop=config.aspect_crop,
     )
+
+
+def describe(prep: Preprocessing) -> str:
+    """One line saying how an image becomes this input, for ``inspect`` and the logs."""
+    geometry = {
+        "torchvision": (f"torchvision Resize({prep.resize}) + CenterCrop" if prep.resize
+                        else "torchvision Resize((h, w))"),
+        "keras": "keras load_img" + (" keep_aspect_ratio" if prep.aspect_crop else ""),
+        "pillow": "Pillow Image.resize",
+        "keras-dataset": "image_dataset_from_directory (tf.image.resize"
+                         + (", crop_to_aspect_ratio)" if prep.aspect_crop else ")"),
+        "tf": "tf.image.resize" + (" antialias" if prep.antialias else "")
+              + (f" after central_crop({prep.central_crop:g})" if prep.central_crop < 1 else ""),
+        "": ("modelhost default: shorter side "
+             f"{prep.resize} then centre crop (as torchvision)" if prep.resize
+             else "modelhost default: Pillow resize of the whole image"),
+    }[prep.pipeline]
+    return (f"{geometry}, {prep.resample}, "
+            + ("decode fast (JPEG draft, one-call box resize)" if prep.decode == "fast"
+               else "full decode (exact)"))
 
 
 def _detect_layout(shape: tuple[int, ...]) -> str:

@@ -19,6 +19,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .inputs import pipelines
 from .types import ModelConfig, ModelSpec
 
 MODEL_SUFFIXES = {
@@ -187,6 +188,9 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "input": {
         "size": "size", "layout": "layout", "scaling": "scaling", "mean": "mean", "std": "std",
         "bgr": "bgr", "resize": "resize", "resample": "resample", "crop": "default_crop",
+        "pipeline": "pipeline", "decode": "decode", "antialias": "antialias",
+        "central_crop": "central_crop", "keep_aspect_ratio": "aspect_crop",
+        "crop_to_aspect_ratio": "aspect_crop",
     },
     "output": {"kind": "output_kind", "top_k": "top_k"},
     "batching": {"max_batch_size": "max_batch_size", "max_delay_ms": "max_delay_ms"},
@@ -195,7 +199,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "layout": ("NCHW", "NHWC"),
     "scaling": ("none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"),
-    "resample": ("nearest", "box", "bilinear", "bicubic", "lanczos"),
+    "pipeline": pipelines.NAMES,
+    "decode": ("exact", "fast"),
     "output_kind": ("auto", "logits", "probabilities"),
 }
 
@@ -217,7 +222,32 @@ def read_config(path: Path) -> ModelConfig:
             if key not in keys:
                 raise RepositoryError(f"{path}: [{section}] unknown key {key!r}")
             values[keys[key]] = _checked(path, f"{section}.{key}", keys[key], value)
+        if section == "input":
+            _check_pipeline(path, table)
     return ModelConfig(**values)
+
+
+# Keys that belong to one training pipeline only (any other pipeline would ignore them).
+_PIPELINE_KEYS = {
+    "resize": ("torchvision", None), "antialias": ("tf",), "central_crop": ("tf",),
+    "keep_aspect_ratio": ("keras",), "crop_to_aspect_ratio": ("keras-dataset",),
+}
+
+
+def _check_pipeline(path: Path, table: dict[str, Any]) -> None:
+    """A key must belong to the chosen pipeline, and ``resample`` must be one of its
+    interpolations: a setting that would be silently ignored is an error."""
+    name = table.get("pipeline")
+    for key, owners in _PIPELINE_KEYS.items():
+        if key in table and name not in owners:
+            wanted = " or ".join(f'pipeline = "{o}"' for o in owners if o) or "no pipeline"
+            raise RepositoryError(f"{path}: input.{key} applies only with {wanted}"
+                                  + (f" (not {name!r})" if name else ""))
+    allowed = pipelines.INTERPOLATIONS[name or ""]
+    if "resample" in table and table["resample"] not in allowed:
+        raise RepositoryError(f"{path}: input.resample = {table['resample']!r}: the "
+                              f"{name or 'default'} pipeline's interpolations are "
+                              f"{list(allowed)}")
 
 
 def _checked(path: Path, where: str, field_name: str, value: Any) -> Any:
@@ -239,7 +269,13 @@ def _checked(path: Path, where: str, field_name: str, value: Any) -> Any:
         if field_name == "std" and any(v == 0 for v in value):
             raise bad("std must not be zero")
         return tuple(float(v) for v in value)
-    if field_name == "bgr":
+    if field_name == "resample" and not isinstance(value, str):
+        raise bad("expected the name of an interpolation")
+    if field_name == "central_crop":
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1:
+            raise bad("expected a fraction in (0, 1], as tf.image.central_crop takes")
+        return float(value)
+    if field_name in ("bgr", "antialias", "aspect_crop"):
         if not isinstance(value, bool):
             raise bad("expected true or false")
         return value

@@ -13,6 +13,8 @@ from typing import Literal
 Layout = Literal["NCHW", "NHWC"]
 Scaling = Literal["none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"]
 ResizeMode = Literal["stretch", "shorter", "pad"]
+Pipeline = Literal["torchvision", "keras", "keras-dataset", "tf", "pillow"]
+Decode = Literal["exact", "fast"]
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,15 @@ class TensorSpec:
 class Preprocessing:
     """How an image becomes the model's input tensor.
 
-    ``size`` is (width, height) of the network input; ``resize`` is the size of the shorter
-    side before a centre crop (0: stretch straight to ``size``). ``scaling`` names a preset;
-    ``mean``/``std`` are used with ``meanstd`` (in the 0–255 range of the channel order).
+    ``size`` is (width, height) of the network input; ``pipeline`` names the training
+    pipeline reproduced exactly (``inputs/pipelines.py``; ``""`` is modelhost's own default);
+    ``resize`` is the size of the shorter side before a centre crop (0: stretch straight to
+    ``size``); ``resample`` is the interpolation in the pipeline's own vocabulary;
+    ``antialias`` and ``central_crop`` belong to ``tf``, ``aspect_crop`` to ``keras``
+    (``keep_aspect_ratio``) and ``keras-dataset`` (``crop_to_aspect_ratio``). ``decode``
+    ``fast`` trades exactness for speed (JPEG draft decoding, one-call box resize).
+    ``scaling`` names a preset; ``mean``/``std`` are used with ``meanstd`` (in the 0–255
+    range of the channel order).
     """
 
     size: tuple[int, int] = (224, 224)
@@ -44,6 +52,11 @@ class Preprocessing:
     resize: int = 0
     resample: str = "bilinear"
     default_crop: float = 0.0
+    pipeline: Pipeline | Literal[""] = ""
+    decode: Decode = "exact"
+    antialias: bool = False
+    central_crop: float = 1.0
+    aspect_crop: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,8 +80,13 @@ class ModelConfig:
     std: tuple[float, ...] | None = None
     bgr: bool = False
     resize: int = 0
-    resample: str = "bilinear"
+    resample: str | None = None  # None: the pipeline's own default interpolation
     default_crop: float = 0.0
+    pipeline: Pipeline | None = None
+    decode: Decode = "exact"
+    antialias: bool = False
+    central_crop: float = 1.0
+    aspect_crop: bool = False
     top_k: int = 5
     max_batch_size: int = 8
     max_delay_ms: float = 0.0
@@ -125,6 +143,22 @@ class ModelInfo:
     producer: str = ""
     scaling: Scaling | None = None  # "none" when the model scales its own input (Rescaling)
     graph: tuple[tuple[str, str, str], ...] = ()  # every op (name, type, shape): frozen graphs
+    drift: Drift | None = None  # measured at start when decode = "fast"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far ``decode = "fast"`` moves a model's answers from the exact pipeline, measured
+    by the worker at start on ``images`` images (the model's samples/ or generated photos)."""
+
+    max_score_diff: float
+    top1_agreement: float
+    images: int
+    source: str
+
+    def describe(self) -> str:
+        return (f"max |Δscore| {self.max_score_diff:.2g}, top-1 agreement "
+                f"{self.top1_agreement:.0%} on {self.images} {self.source} images")
 
 
 @dataclass(frozen=True)
