@@ -105,7 +105,9 @@ class PredictionService:
             return
         model.info, model.state = info, "ready"
         model.batcher.start()
-        log.info("model %s loaded", model.spec.name, extra={"fields": _summary(model)})
+        log.info("model %s loaded%s", model.spec.name,
+                 f"; decode fast: {info.drift.describe()}" if info.drift else "",
+                 extra={"fields": _summary(model)})
 
     # -- live repository (--watch) ---------------------------------------------------------
 
@@ -375,7 +377,9 @@ def _summary(model: ServedModel) -> dict:
         "outputs": [[t.name, t.dtype, list(t.shape)] for t in info.outputs],
         "labels": len(model.spec.labels), "parameters": info.parameters,
         "preprocessing": {"size": list(prep.size), "layout": prep.layout,
-                          "scaling": prep.scaling, "resize": prep.resize},
+                          "scaling": prep.scaling, "resize": prep.resize,
+                          "pipeline": prep.pipeline or "default", "decode": prep.decode},
+        **({"decode_drift": info.drift.describe()} if info.drift else {}),
         "workers": model.pool.ready_workers,
     }
 

@@ -81,6 +81,11 @@ def resize(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
     width, height = spec["size"]
     method = RESAMPLE[spec.get("resample", "bilinear")]
     shorter = spec.get("resize", 0)
+    if spec.get("pipeline") == "torchvision":  # torchvision itself, the reference
+        from torchvision import transforms
+
+        return transforms.Compose([transforms.Resize(shorter, method),
+                                   transforms.CenterCrop((height, width))])(image)
     if shorter <= 0:
         return image.resize((width, height), method)
     ratio = shorter / min(image.size)
@@ -274,8 +279,8 @@ def imagenet(tmp_path_factory: pytest.TempPathFactory) -> Folder:
 def test_imagenet_folder(imagenet: Folder) -> None:
     """The generated toml and labels are what the server and users expect."""
     spec = imagenet.config["input"]
-    assert spec == {"size": [224, 224], "layout": "NCHW", "scaling": "inception128",
-                    "resize": 256, "resample": "bicubic"}  # fmt: skip
+    assert spec == {"pipeline": "torchvision", "size": [224, 224], "layout": "NCHW",
+                    "scaling": "inception128", "resize": 256, "resample": "bicubic"}
     assert imagenet.config["output"]["kind"] == "logits"
     assert imagenet.config["batching"]["max_batch_size"] == 1
     assert imagenet.config["workers"] == {"replicas": 2, "threads": 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..service import PredictionService, ServedModel
+from ..types import Drift
 from .schemas import ERRORS, ModelDetail, ModelList, documented
 
 
@@ -25,7 +26,9 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
         "default_crop": prep.default_crop if prep else model.spec.config.default_crop,
         "input": (
             {"width": prep.size[0], "height": prep.size[1], "channels": prep.channels,
-             "layout": prep.layout, "scaling": prep.scaling, "resize": prep.resize}
+             "layout": prep.layout, "scaling": prep.scaling, "resize": prep.resize,
+             "pipeline": prep.pipeline or "default", "resample": prep.resample,
+             "decode": prep.decode, "drift": _drift(info.drift if info else None)}
             if prep else None
         ),
         "workers_ready": model.pool.ready_workers,
@@ -37,6 +40,14 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
             body["outputs"] = [_tensor(t) for t in info.outputs]
             body["parameters"] = info.parameters
     return body
+
+
+def _drift(drift: Drift | None) -> dict | None:
+    """How far ``decode = "fast"`` moved the answers at start (None when decoding exactly)."""
+    if drift is None:
+        return None
+    return {"max_score_diff": drift.max_score_diff, "top1_agreement": drift.top1_agreement,
+            "images": drift.images, "source": drift.source}
 
 
 def _tensor(t) -> dict:

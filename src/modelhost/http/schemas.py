@@ -46,6 +46,16 @@ class ManyResults(BaseModel):
     request_id: str
 
 
+class DecodeDrift(BaseModel):
+    """Measured at start when ``decode = "fast"``: the largest probability difference from the
+    exact pipeline and the share of images with the same top-1, on ``images`` images."""
+
+    max_score_diff: float
+    top1_agreement: float
+    images: int
+    source: str
+
+
 class InputDescription(BaseModel):
     width: int
     height: int
@@ -53,6 +63,10 @@ class InputDescription(BaseModel):
     layout: str
     scaling: str
     resize: int
+    pipeline: str
+    resample: str
+    decode: str
+    drift: DecodeDrift | None
 
 
 class Tensor(BaseModel):

@@ -20,12 +20,14 @@ import resource
 import signal
 import sys
 import time
+from dataclasses import replace
 from multiprocessing.connection import Connection
 
 import numpy as np
 from PIL import Image
 
 from ..errors import InvalidInput, ModelhostError
+from ..inputs.drift import measure, photo_like
 from ..inputs.images import to_image, to_tensor
 from ..preprocessing import resolve, tensor_shape
 from ..runtimes.base import (
@@ -35,7 +37,7 @@ from ..runtimes.base import (
     first_line,
     load_runtime,
 )
-from ..types import Preprocessing, Region
+from ..types import ModelInfo, Preprocessing, Region
 from .messages import (
     Batch,
     BatchFailed,
@@ -66,20 +68,32 @@ def main(fd: int) -> None:
     try:
         runtime = load_runtime(start.spec, start.threads)
         prep = resolve(start.spec.config, runtime.info)
-        _warm_up(runtime, prep)
+        _warm_up(runtime, prep, start.max_pixels)
+        info = _with_drift(runtime, prep, start)
     except Exception as exc:  # report any load failure as data, then exit
         conn.send_bytes(encode(LoadFailed("model_load_failed", _describe(exc))))
         return
-    conn.send_bytes(encode(Ready(runtime.info, time.perf_counter() - started, os.getpid())))
+    conn.send_bytes(encode(Ready(info, time.perf_counter() - started, os.getpid())))
     _serve(conn, runtime, prep, start)
 
 
-def _warm_up(runtime, prep: Preprocessing) -> None:
-    """One blank input, so that the first request does not pay for lazy initialisation."""
+def _warm_up(runtime, prep: Preprocessing, max_pixels: int) -> None:
+    """One image through the whole pipeline, so that the first request does not pay for lazy
+    initialisation (nor find that the pipeline's library, e.g. TensorFlow, is missing)."""
     if getattr(runtime, "takes_images", False):
         runtime.predict_images([Image.new("RGB", prep.size)])
     else:
-        runtime.predict(np.zeros(tensor_shape(prep, 1), dtype=prep.dtype))
+        row = to_tensor(photo_like((64, 48), 0), prep, Region(), max_pixels)
+        runtime.predict(row[None].reshape(tensor_shape(prep, 1)))
+
+
+def _with_drift(runtime, prep: Preprocessing, start: Start) -> ModelInfo:
+    """The runtime's info, with the measured drift of ``decode = "fast"`` when it is on."""
+    if prep.decode != "fast" or getattr(runtime, "takes_images", False):
+        return runtime.info
+    drift = measure(runtime.predict, prep, start.spec.config.output_kind,
+                    start.spec.path.parent, start.max_pixels)
+    return replace(runtime.info, drift=drift)
 
 
 def _serve(conn: Connection, runtime, prep: Preprocessing, start: Start) -> None:
