@@ -59,7 +59,8 @@ def model_root(settings: Settings) -> Path | None:
 def _scan(root: Path, settings: Settings) -> list[ModelSpec]:
     options = RuntimeOptions(settings.runtime, settings.trust_model_code, settings.input_name,
                              settings.output_name)
-    return [replace(s, options=options) for s in load_repository(root, settings.format)]
+    return [replace(s, options=options) for s in load_repository(root, settings.format,
+                                                                   settings.pipeline)]
 
 
 def _prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:

@@ -38,9 +38,12 @@ class RepositoryError(Exception):
     """A model that cannot be described: the message names the file and the reason."""
 
 
-def load_repository(root: Path, fmt: str | None = None) -> list[ModelSpec]:
+def load_repository(root: Path, fmt: str | None = None,
+                    pipeline: str | None = None) -> list[ModelSpec]:
     """Every model under ``root`` (a file, a model folder or a folder of model folders);
-    ``fmt`` forces the format (``serve --format``) where detection gets it wrong."""
+    ``fmt`` forces the format (``serve --format``) where detection gets it wrong; ``pipeline``
+    (``serve --pipeline``) names the training pipeline of models whose modelhost.toml does not,
+    e.g. a single file served without one."""
     root = root.expanduser()
     if not root.exists():
         raise RepositoryError(f"{root}: no such file or folder")
@@ -52,7 +55,25 @@ def load_repository(root: Path, fmt: str | None = None) -> list[ModelSpec]:
         specs = [_model_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and _is_model(d)]
     if not specs:
         raise RepositoryError(f"{root}: no model files found (looked for {_known()})")
-    return specs if fmt is None else [replace(s, format=fmt) for s in specs]
+    specs = specs if fmt is None else [replace(s, format=fmt) for s in specs]
+    return specs if pipeline is None else [_with_pipeline(s, pipeline) for s in specs]
+
+
+def _with_pipeline(spec: ModelSpec, name: str) -> ModelSpec:
+    """``spec`` with the ``--pipeline`` given on the command line, unless its modelhost.toml
+    names one (the file is the more specific statement)."""
+    config = spec.config
+    if config.pipeline is not None:
+        return spec
+    if name not in pipelines.NAMES:
+        raise RepositoryError(f"--pipeline {name}: expected one of {list(pipelines.NAMES)}")
+    if config.resample is not None and config.resample not in pipelines.INTERPOLATIONS[name]:
+        raise RepositoryError(f"{spec.name}: resample = {config.resample!r} is not one of the "
+                              f"{name} pipeline's {list(pipelines.INTERPOLATIONS[name])}")
+    if config.resize and name != "torchvision":
+        raise RepositoryError(f"{spec.name}: resize applies only with the torchvision pipeline, "
+                              f"not --pipeline {name}")
+    return replace(spec, config=replace(config, pipeline=name))
 
 
 def _known() -> str:
@@ -240,7 +261,7 @@ def _check_pipeline(path: Path, table: dict[str, Any]) -> None:
     name = table.get("pipeline")
     for key, owners in _PIPELINE_KEYS.items():
         if key in table and name not in owners:
-            wanted = " or ".join(f'pipeline = "{o}"' for o in owners if o) or "no pipeline"
+            wanted = " or ".join(f'pipeline = "{o}"' if o else "no pipeline" for o in owners)
             raise RepositoryError(f"{path}: input.{key} applies only with {wanted}"
                                   + (f" (not {name!r})" if name else ""))
     allowed = pipelines.INTERPOLATIONS[name or ""]

@@ -130,6 +130,10 @@ class Settings(BaseSettings):
         None, description="Force the model format (onnx, keras, tf_savedmodel, tf_frozen, "
         "torchscript, torch_export, python); detected from the file if None."
     )
+    pipeline: Literal["torchvision", "keras", "keras-dataset", "tf", "pillow"] | None = Field(
+        None, description="The training pipeline of models whose modelhost.toml names none "
+        "(docs/models.md); modelhost's default (a Pillow resize) if None."
+    )
     runtime: Literal["auto", "native", "onnx"] = Field(
         "auto", description="auto: convert Keras/TF/torch models to ONNX when verified; "
         "native: the framework's own runtime; onnx: conversion required."

@@ -8,20 +8,24 @@ from pathlib import Path
 from typing import Annotated
 
 import httpx
+import numpy as np
 import orjson
 import typer
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from ..inputs.images import to_tensor
+from ..inputs.drift import measure
+from ..inputs.images import exact_pixels, to_tensor
+from ..inputs.reference import library_pixels
 from ..postprocess import probabilities, top_k
+from ..preprocessing import describe as describe_preprocessing
 from ..preprocessing import resolve
 from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, UntrustedCode, load_runtime
 from ..runtimes.convert import CONVERTIBLE
 from ..settings import Settings
-from ..types import ModelSpec, Region, RuntimeOptions
+from ..types import ModelSpec, Preprocessing, Region, RuntimeOptions
 
 console = Console()
 Opt = typer.Option
@@ -106,10 +110,16 @@ def inspect(
         help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
     input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,
     output_name: Annotated[str | None, Opt(help="Output tensor of a frozen TF graph.")] = None,
+    pipeline: Annotated[str | None, Opt(help="Training pipeline, when modelhost.toml names "
+                                        "none: torchvision, keras, keras-dataset, tf, pillow.")
+                        ] = None,
+    image: Annotated[Path | None, Opt(help="Show the tensor this photo becomes, and its "
+                                      "difference from the training library's own pipeline.",
+                                      exists=True, dir_okay=False)] = None,
 ) -> None:
     """Print a model's inputs, outputs, ops, parameters, labels and preprocessing."""
     options = RuntimeOptions("native", trust_model_code, input_name, output_name)
-    spec = replace(_pick(_load(target, format), model), options=options)
+    spec = replace(_pick(_load(target, format, pipeline), model), options=options)
     runtime = _runtime(spec)
     info, prep = runtime.info, resolve(spec.config, runtime.info)
     console.print(f"[bold]{spec.name}[/] version {spec.version} · {spec.format} · "
@@ -134,20 +144,53 @@ def inspect(
         f"preprocessing: {prep.size[0]}×{prep.size[1]} {prep.layout} {prep.dtype}, "
         f"{'greyscale' if prep.channels == 1 else 'BGR' if prep.bgr else 'RGB'}, "
         f"scaling {prep.scaling}"
-        + (" (the model scales its own input), "
-           if info.scaling and not spec.config.scaling else ", ")
-        + (f"shorter side {prep.resize} then centre crop, " if prep.resize else "stretch, ")
-        + f"{prep.resample} resampling"
-        + (f", default crop {prep.default_crop:g} around (x, y)" if prep.default_crop else "")
+        + (" (the model scales its own input)" if info.scaling and not spec.config.scaling
+           else "")
+        + (f", default crop {prep.default_crop:g} around (x, y)" if prep.default_crop else ""),
+        soft_wrap=True,
     )
+    console.print(f"pipeline: {describe_preprocessing(prep)}", soft_wrap=True)
+    if prep.decode == "fast" and not getattr(runtime, "takes_images", False):
+        drift = measure(runtime.predict, prep, spec.config.output_kind, spec.path.parent,
+                        Settings().max_pixels)
+        console.print(f"decode fast: {drift.describe()}", soft_wrap=True)
     console.print(f"output: {spec.config.output_kind} (softmax unless already probabilities)")
     if spec.format in CONVERTIBLE:
         console.print("runtime: converted to ONNX and verified when served (--runtime auto)")
+    if image is not None:
+        _print_image(image.read_bytes(), image.name, prep)
 
 
-def _load(target: Path, fmt: str | None = None) -> list[ModelSpec]:
+def _print_image(data: bytes, name: str, prep: Preprocessing) -> None:
+    """The tensor the photo becomes (per-channel range and mean) and how far the pixels are
+    from the training library's own pipeline, when that library is installed."""
+    tensor = to_tensor(data, prep, Region(), Settings().max_pixels)
+    channels = tensor if prep.layout == "NCHW" else tensor.transpose(2, 0, 1)
+    table = Table("channel", "min", "max", "mean",
+                  title=f"{name} → tensor {list(tensor.shape)} {tensor.dtype}",
+                  title_justify="left")
+    names = ["grey"] if prep.channels == 1 else (["B", "G", "R"] if prep.bgr or
+                                                 prep.scaling == "caffe" else ["R", "G", "B"])
+    for label, values in zip(names, channels, strict=True):
+        table.add_row(label, f"{values.min():.6g}", f"{values.max():.6g}", f"{values.mean():.6g}")
+    console.print(table)
+    reference = library_pixels(data, prep)
+    if reference is None:
+        console.print("reference: the training library is not installed; nothing to compare")
+        return
+    expected, library = reference
+    ours = exact_pixels(data, prep, Region(), Settings().max_pixels)
+    worst = float(np.abs(ours - expected).max()) if ours.shape == expected.shape else None
+    console.print(f"max |Δ| against {library}'s own pipeline (pixels 0–255, before scaling): "
+                  + ("shapes differ" if worst is None else f"{worst:g}")
+                  + (" (decode = fast serves different pixels; see the drift above)"
+                     if prep.decode == "fast" else ""), soft_wrap=True)
+
+
+def _load(target: Path, fmt: str | None = None,
+          pipeline: str | None = None) -> list[ModelSpec]:
     try:
-        return load_repository(target, fmt)
+        return load_repository(target, fmt, pipeline)
     except RepositoryError as exc:
         raise typer.BadParameter(str(exc)) from None
 

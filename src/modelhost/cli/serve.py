@@ -65,6 +65,9 @@ def serve(
     format: Annotated[str | None, Opt("--format",
         help="Force the model format: onnx, keras, tf_savedmodel, tf_frozen, torchscript, "
              "torch_export, python.")] = None,
+    pipeline: Annotated[str | None, Opt(
+        help="Training pipeline of a model without one in modelhost.toml: torchvision, keras, "
+             "keras-dataset, tf, pillow.")] = None,
     runtime: Annotated[str | None, Opt(
         help="auto (convert to ONNX when verified), native or onnx [auto].")] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
