@@ -2,9 +2,12 @@
 
 For each model (the tiny ONNX model from ``tiny_model.py`` and the EfficientNet-Lite0 demo):
 
-1. the in-process limit: a plain Python loop that decodes the JPEG with Pillow (with the same
-   ``Image.draft`` DCT shortcut the server uses), resizes, normalises and runs ONNX Runtime
-   directly, at batch 1 with 2 intra-op threads and the best of batch 8 and 32;
+1. the in-process limit: a plain Python loop that decodes the whole JPEG with Pillow, resizes as
+   the model's training pipeline does (the imagenet demo: torchvision's ``Resize(256)`` +
+   ``CenterCrop(224)``), normalises and runs ONNX Runtime directly, at batch 1 with 2 intra-op
+   threads and the best of batch 8 and 32. With ``--decode fast`` (or ``both``) the model's
+   ``decode = "fast"`` is measured too, against a limit that takes the same ``Image.draft``
+   DCT shortcut, so each mode has its own ratio;
 2. modelhost: ``modelhost serve FOLDER`` in a subprocess on 127.0.0.1, loaded by
    :mod:`modelhost.loadgen` at concurrency 1, 16 and 64, with a paced /healthz probe beside the
    c=64 load (liveness under saturation).
@@ -18,6 +21,7 @@ the client shares the 2 cores with the server. ``--quick`` is a smoke check, not
     python benchmarks/run.py                 # full run, ~4 minutes
     python benchmarks/run.py --quick         # ~1 minute
     python benchmarks/run.py --models tiny --wrk
+    python benchmarks/run.py --quick --decode both   # exact and fast side by side
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class Options:
     ready_timeout: float
     models: tuple[str, ...]
     wrk: bool
+    decodes: tuple[str, ...] = ("exact",)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -93,8 +98,11 @@ def prepare_models(names: tuple[str, ...], cache: Path) -> dict[str, Path]:
     folders: dict[str, Path] = {}
     if "tiny" in names:
         folders["tiny"] = tiny_model.build(cache / "tiny")
-    if "imagenet" in names:
-        folders["imagenet"] = convert_imagenet()
+    if "imagenet" in names:  # a copy with this checkout's modelhost.toml (a cached
+        from modelhost.demo.imagenet import TOML  # conversion may predate it)
+
+        folders["imagenet"] = Path(shutil.copytree(convert_imagenet(), cache / "imagenet"))
+        (folders["imagenet"] / "modelhost.toml").write_text(TOML, encoding="utf-8")
     return folders
 
 
@@ -114,32 +122,47 @@ def convert_imagenet() -> Path:
     return out
 
 
-def _draft(image: Image.Image, need: tuple[int, int]) -> None:
-    """Decode a JPEG at the smallest DCT scale still at least ``need`` (what the server does)."""
-    if image.format == "JPEG":
+def _draft(image: Image.Image, need: tuple[int, int], fast: bool) -> None:
+    """With ``fast``, decode a JPEG at the smallest DCT scale still at least ``need`` (what the
+    server's ``decode = "fast"`` does); otherwise decode it whole, as the default does."""
+    if fast and image.format == "JPEG":
         image.draft("RGB", need)
 
 
-def prep_tiny(jpeg: bytes) -> np.ndarray:
+def prep_tiny(jpeg: bytes, fast: bool = False) -> np.ndarray:
     """Stretch to 9x9 bilinear, scale to [0, 1], CHW."""
     image = Image.open(io.BytesIO(jpeg))
-    _draft(image, (tiny_model.SIZE, tiny_model.SIZE))
+    _draft(image, (tiny_model.SIZE, tiny_model.SIZE), fast)
     image = image.convert("RGB").resize((tiny_model.SIZE,) * 2, Image.Resampling.BILINEAR)
     return (np.asarray(image, np.float32) / 255.0).transpose(2, 0, 1)
 
 
-def prep_imagenet(jpeg: bytes) -> np.ndarray:
-    """Shorter side to 256 bicubic, centre crop 224, (x - 127) / 128, CHW."""
+def prep_imagenet(jpeg: bytes, fast: bool = False) -> np.ndarray:
+    """torchvision's Resize(256, bicubic) (longer side truncated) + CenterCrop(224) (offsets
+    rounded), (x - 127) / 128, CHW."""
     image = Image.open(io.BytesIO(jpeg))
     width, height = image.size
     scale = 256 / min(width, height)
-    _draft(image, (round(width * scale), round(height * scale)))
+    _draft(image, (round(width * scale), round(height * scale)), fast)
     image = image.convert("RGB")
-    scale = 256 / min(image.size)
-    size = (round(image.width * scale), round(image.height * scale))
-    left, top = (size[0] - 224) // 2, (size[1] - 224) // 2
+    short, long = sorted(image.size)
+    size = (256, int(256 * long / short)) if image.width <= image.height else (
+        int(256 * long / short), 256)
+    left, top = round((size[0] - 224) / 2), round((size[1] - 224) / 2)
     image = image.resize(size, Image.Resampling.BICUBIC).crop((left, top, left + 224, top + 224))
     return ((np.asarray(image, np.float32) - 127.0) / 128.0).transpose(2, 0, 1)
+
+
+def fast_folder(folder: Path, tmp: Path) -> Path:
+    """A copy of the model folder whose modelhost.toml adds ``decode = "fast"``."""
+    out = tmp / f"{folder.name}-fast"
+    shutil.copytree(folder, out)
+    toml = out / "modelhost.toml"
+    text = toml.read_text(encoding="utf-8") if toml.exists() else ""
+    text = (text.replace("[input]\n", '[input]\ndecode = "fast"\n', 1) if "[input]\n" in text
+            else '[input]\ndecode = "fast"\n\n' + text)
+    toml.write_text(text, encoding="utf-8")
+    return out
 
 
 PREPS: dict[str, Prep] = {"tiny": prep_tiny, "imagenet": prep_imagenet}
@@ -597,20 +620,27 @@ def _plot_model(ax: Any, name: str, result: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-def run_model(name: str, folder: Path, jpeg: bytes, opts: Options, logs: Path) -> dict[str, Any]:
-    print(f"[{name}] in-process limit ...", flush=True)
+def run_model(name: str, folder: Path, jpeg: bytes, opts: Options, logs: Path,
+              decode: str = "exact") -> dict[str, Any]:
+    fast = decode == "fast"
+    if fast:
+        folder = fast_folder(folder, logs)
+    label = f"{name} (fast)" if fast else name
+    print(f"[{label}] in-process limit ...", flush=True)
     load = os.getloadavg()[0]  # recorded per phase: other work on the machine skews both
-    limit = in_process_limit(folder / "model.onnx", PREPS[name], jpeg, opts.limit_seconds)
+    prep = PREPS[name]
+    limit = in_process_limit(folder / "model.onnx", lambda data: prep(data, fast), jpeg,
+                             opts.limit_seconds)
     limit["load_average_before"] = load
     print(
         f"  batch 1: {limit['batch1']['rps']:,.0f}/s, p50 {limit['batch1']['p50_ms']:.2f} ms;"
         f" best: {limit['best']['rps']:,.0f}/s (batch {limit['best']['batch']})",
         flush=True,
     )
-    print(f"[{name}] modelhost serve {folder} ...", flush=True)
+    print(f"[{label}] modelhost serve {folder} ...", flush=True)
     try:
         load = os.getloadavg()[0]
-        server = serve_scenario(folder, jpeg, opts, logs / f"server-{name}.log")
+        server = serve_scenario(folder, jpeg, opts, logs / f"server-{name}-{decode}.log")
         server["load_average_before"] = load
     except RuntimeError as exc:
         print(f"  failed: {exc}", flush=True)
@@ -637,6 +667,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke check")
     parser.add_argument("--models", default="tiny,imagenet", help="comma-separated subset")
     parser.add_argument("--wrk", action="store_true", help="cross-check with wrk (c=16)")
+    parser.add_argument("--decode", choices=("exact", "fast", "both"), default="exact",
+                        help="the models' decode mode(s) [exact, the default]")
     parser.add_argument("--ready-timeout", type=float, default=300, help="server start limit")
     parser.add_argument("--fast-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -649,6 +681,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
         ready_timeout=args.ready_timeout,
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         wrk=args.wrk,
+        decodes=("exact", "fast") if args.decode == "both" else (args.decode,),
     )
     unknown = set(opts.models) - set(PREPS)
     if unknown:
@@ -674,7 +707,10 @@ def main(argv: list[str] | None = None) -> int:
         folders = prepare_models(opts.models, Path(tmp))
         print("load generator on its own ...", flush=True)
         report["client_check"] = client_check(jpeg, opts)
-        report["models"] = {n: run_model(n, f, jpeg, opts, Path(tmp)) for n, f in folders.items()}
+        report["models"] = {
+            (n if d == "exact" else f"{n} (fast)"): run_model(n, f, jpeg, opts, Path(tmp), d)
+            for n, f in folders.items() for d in opts.decodes
+        }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     plot(report, PLOT)
