@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torchvision  # noqa: F401  before TensorFlow: torch imported after it crashes (triton)
 from PIL import Image, ImageOps
 from skimage import data as photos
 from sklearn.datasets import load_sample_images

@@ -48,8 +48,9 @@ def exact_pixels(data: bytes, prep: Preprocessing, region: Region, max_pixels: i
         upright_size, orientation = _upright_size(image)
         left, top, right, bottom = whole_pixels(
             crop_box(upright_size, region, prep.default_crop), upright_size)
-        if prep.pipeline in pipelines.TENSORFLOW:
-            pixels = pipelines.decode_tf(data, image, orientation, prep.channels)
+        if prep.pipeline in pipelines.TENSORFLOW:  # TensorFlow decodes: Pillow read the header
+            with image:
+                pixels = pipelines.decode_tf(data, image, orientation, prep.channels)
             return pipelines.run_tf(pixels[top:bottom, left:right], prep)
     except BaseException:
         image.close()
