@@ -12,6 +12,7 @@ worker measures that drift at start. Every Pillow failure becomes a 4xx with a s
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -26,6 +27,7 @@ DEFAULT_POINT_CROP = 0.25
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_PILLOW_LIMIT = threading.Lock()  # guards the moment Pillow's own bomb check is lifted
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90°
 # Magic numbers of the allowed formats: a file that starts like one but does not open is
 # corrupt (422), anything else is not a supported image at all (415).
@@ -157,15 +159,18 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _open_past_pillow_limit(data: bytes) -> Image.Image:
-    """The image opened by its format's own plugin, without Pillow's global bomb check (which
-    refuses past 2 × ``Image.MAX_IMAGE_PIXELS`` and does not say the size). Only the header is
-    read; ``_open`` then applies ``max_pixels`` and names both numbers."""
-    for name in ALLOWED_FORMATS:
-        factory, accept = Image.OPEN[name]
-        known = accept(data[:16]) if accept else True
-        if known and not isinstance(known, str):  # a string is Pillow's "almost" warning
-            return factory(io.BytesIO(data), "")
-    raise InvalidInput("the image header could not be read", "image_decode_failed")
+    """The image opened without Pillow's global bomb check, which refuses past 2 ×
+    ``Image.MAX_IMAGE_PIXELS`` without saying the size (some plugins, e.g. WebP's, check inside
+    their header parser, so it cannot be side-stepped per format). Only the header is read;
+    ``_open`` then applies ``max_pixels`` and names both numbers. The lock keeps concurrent
+    callers from restoring each other's value; a concurrent ``Image.open`` elsewhere may see
+    the check lifted for a moment, which loses nothing: every open here is checked after."""
+    with _PILLOW_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _upright_size(image: Image.Image) -> tuple[tuple[int, int], int]:
