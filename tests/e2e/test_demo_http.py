@@ -76,3 +76,5 @@ def test_demo_models_are_listed_and_ready(demo_server):
     assert all(m["state"] == "ready" for m in models.values())
     assert models["imagenet"]["labels"] == 1000
     assert models["imagenet"]["input"]["resize"] == 256
+    assert models["imagenet"]["input"]["pipeline"] == "torchvision"
+    assert models["digits"]["input"]["pipeline"] == "default"  # no pipeline in its toml
