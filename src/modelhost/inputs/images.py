@@ -280,15 +280,22 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def _resize(image: Image.Image, prep: Preprocessing, box) -> Image.Image:
-    """Crop ``box`` and resize to the network size in one call; with ``resize`` set, scale the
-    shorter side to it and take the centre ``size`` (torchvision's Resize + CenterCrop)."""
+    """``decode = "fast"``: the pipeline's geometry as one fractional box, cropped and resized
+    in one call. With ``resize``, the centre ``size`` after scaling the shorter side to it
+    (torchvision's Resize + CenterCrop); with an aspect crop, the largest centred box of the
+    input's aspect ratio; with ``central_crop``, that centred fraction."""
     width, height = prep.size
     left, top, right, bottom = box
+    box_w, box_h = right - left, bottom - top
     if prep.resize:
-        scale = prep.resize / min(right - left, bottom - top)
-        cw, ch = min(width / scale, right - left), min(height / scale, bottom - top)
-        cx, cy = (left + right) / 2, (top + bottom) / 2
-        box = (cx - cw / 2, cy - ch / 2, cx + cw / 2, cy + ch / 2)
+        scale = prep.resize / min(box_w, box_h)
+        box_w, box_h = min(width / scale, box_w), min(height / scale, box_h)
+    elif prep.aspect_crop:
+        box_w, box_h = min(box_w, box_h * width / height), min(box_h, box_w * height / width)
+    elif prep.pipeline == "tf":
+        box_w, box_h = box_w * prep.central_crop, box_h * prep.central_crop
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    box = (cx - box_w / 2, cy - box_h / 2, cx + box_w / 2, cy + box_h / 2)
     return image.resize((width, height), pipelines.pil_resample(prep.resample), box=box)
 
 
