@@ -1,8 +1,9 @@
 """Decide how images become a model's input tensor, from the model itself plus modelhost.toml.
 
 The model file says the input's rank, layout, size and dtype; ``modelhost.toml`` adds only what
-a file cannot say (scaling preset, colour order, resize policy). Both the HTTP process and the
-workers (for warm-up) call :func:`resolve`, so it depends on nothing but the shared types.
+a file cannot say (training pipeline, scaling preset, colour order, resize policy). Both the
+HTTP process and the workers call :func:`resolve`, so it depends only on the shared types and
+the pipelines' names and default interpolations.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def resolve(config: ModelConfig, info: ModelInfo) -> Preprocessing:
 
 
 def describe(prep: Preprocessing) -> str:
-    """One line saying how an image becomes this input, for ``inspect`` and the logs."""
+    """One line saying how an image becomes this input (``modelhost inspect``)."""
     geometry = {
         "torchvision": (f"torchvision Resize({prep.resize}) + CenterCrop" if prep.resize
                         else "torchvision Resize((h, w))"),

@@ -29,7 +29,7 @@ from PIL import Image
 from ..errors import InvalidInput, ModelhostError
 from ..inputs.drift import measure, photo_like
 from ..inputs.images import to_image, to_tensor
-from ..preprocessing import resolve, tensor_shape
+from ..preprocessing import resolve
 from ..runtimes.base import (
     ModelFileError,
     RuntimeUnavailable,
@@ -84,7 +84,7 @@ def _warm_up(runtime, prep: Preprocessing, max_pixels: int) -> None:
         runtime.predict_images([Image.new("RGB", prep.size)])
     else:
         row = to_tensor(photo_like((64, 48), 0), prep, Region(), max_pixels)
-        runtime.predict(row[None].reshape(tensor_shape(prep, 1)))
+        runtime.predict(row[None])
 
 
 def _with_drift(runtime, prep: Preprocessing, start: Start) -> ModelInfo:
