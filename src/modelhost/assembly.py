@@ -1,4 +1,5 @@
-"""The composition root: settings → repository → worker pools → batchers → service → app.
+"""The composition root: settings → repository → worker pools → batchers → registry →
+predictor → app.
 
 Every long-lived object is built here, once, and handed to the objects that use it.
 """
@@ -30,9 +31,10 @@ from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
 from .metrics import Metrics
 from .model_control import ModelControl
+from .predictor import Predictor
+from .registry import Registry, ServedModel
 from .repository import load_repository
 from .runtimes.convert import prepare
-from .service import PredictionService, ServedModel
 from .settings import ConfigError, Settings
 from .types import ModelSpec, RuntimeOptions
 from .watch import RepositoryWatcher
@@ -66,23 +68,23 @@ def _prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:
     return prepare(spec, settings.cache_dir, settings.convert_timeout)
 
 
-def _watcher(settings: Settings, service: PredictionService) -> RepositoryWatcher | None:
+def _watcher(settings: Settings, registry: Registry) -> RepositoryWatcher | None:
     if not settings.watch or settings.models is None:
         return None
     return RepositoryWatcher(
-        settings.models, service, scan=lambda: _scan(settings.models, settings),
+        settings.models, registry, scan=lambda: _scan(settings.models, settings),
         prepare=lambda spec: _prepared(spec, settings),
         build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace,
     )
 
 
-def _control(settings: Settings, service: PredictionService) -> ModelControl | None:
+def _control(settings: Settings, registry: Registry) -> ModelControl | None:
     if not settings.model_control:
         return None
     if settings.models is None:
         raise ConfigError("--model-control needs a model folder (not the demos or a URL)")
     return ModelControl(
-        service, scan=lambda: _scan(settings.models, settings),
+        registry, scan=lambda: _scan(settings.models, settings),
         prepare=lambda spec: _prepared(spec, settings),
         build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace,
     )
@@ -118,8 +120,18 @@ def _refresh_config(target: Path) -> None:
         config.write_text(TOML)
 
 
-def build_service(settings: Settings, specs: list[ModelSpec]) -> tuple[PredictionService, Metrics]:
-    served = [_served_model(spec, settings) for spec in specs]
+@dataclass(frozen=True)
+class Core:
+    """The long-lived objects every transport shares: one registry, one predictor."""
+
+    registry: Registry
+    predictor: Predictor
+    metrics: Metrics
+
+
+def build_core(settings: Settings, specs: list[ModelSpec]) -> Core:
+    registry = Registry([_served_model(spec, settings) for spec in specs],
+                        keep_going=settings.keep_going)
     fetcher = (
         UrlFetcher(allow_private=settings.allow_private_urls, max_bytes=settings.url_max_bytes,
                    timeout=settings.url_timeout, max_redirects=settings.url_max_redirects)
@@ -128,15 +140,14 @@ def build_service(settings: Settings, specs: list[ModelSpec]) -> tuple[Predictio
     sources = SourceReader(path_root=settings.allow_path_root, fetcher=fetcher,
                            max_bytes=settings.max_body)
     metrics = Metrics()
-    service = PredictionService(
-        served, sources, metrics,
-        max_pixels=settings.max_pixels, keep_going=settings.keep_going,
+    predictor = Predictor(
+        registry, sources, metrics, max_pixels=settings.max_pixels,
         prediction_log=prediction_log(settings) if settings.log_predictions else None,
     )
-    metrics.watch(service.state_rows)
-    if service.prediction_log is not None:
-        metrics.watch_prediction_log(service.prediction_log.state)
-    return service, metrics
+    metrics.watch(registry.state_rows)
+    if predictor.prediction_log is not None:
+        metrics.watch_prediction_log(predictor.prediction_log.state)
+    return Core(registry, predictor, metrics)
 
 
 def prediction_log(settings: Settings) -> PredictionLog:
@@ -175,8 +186,7 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
 
 def build_app(settings: Settings) -> FastAPI:
     """The app for ``settings`` (also used by tests and ASGI servers)."""
-    service, metrics = build_service(settings, model_specs(settings))
-    return _app(service, metrics, settings, _Door.of(settings))
+    return _app(build_core(settings, model_specs(settings)), settings, _Door.of(settings))
 
 
 @dataclass(frozen=True)
@@ -192,37 +202,37 @@ class _Door:
         return cls(keys, limiter_for(settings))
 
 
-def _app(service: PredictionService, metrics: Metrics, settings: Settings,
-         door: _Door) -> FastAPI:
-    return create_app(service, metrics, settings, keys=door.keys, limiter=door.limiter,
-                      watcher=_watcher(settings, service), control=_control(settings, service))
+def _app(core: Core, settings: Settings, door: _Door) -> FastAPI:
+    return create_app(core.registry, core.predictor, core.metrics, settings, keys=door.keys,
+                      limiter=door.limiter, watcher=_watcher(settings, core.registry),
+                      control=_control(settings, core.registry))
 
 
-def _grpc(service: PredictionService, metrics: Metrics, settings: Settings, door: _Door):
+def _grpc(core: Core, settings: Settings, door: _Door):
     """The gRPC endpoint when a port is set (grpcio loads only then)."""
     if settings.grpc_port is None:
         return None
     from .grpc_guard import Guard
     from .grpc_server import GrpcServer
 
-    return GrpcServer(service, metrics, settings,
+    return GrpcServer(core.registry, core.predictor, core.metrics, settings,
                       guard=Guard(door.keys, door.limiter, settings.protect_ops))
 
 
 def serve(settings: Settings) -> int:
     """Run the server until it is stopped; the process exit status."""
-    service, metrics = build_service(settings, model_specs(settings))
+    core = build_core(settings, model_specs(settings))
     door = _Door.of(settings)
-    app = _app(service, metrics, settings, door)
+    app = _app(core, settings, door)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
         lifespan="on", log_config=None, access_log=settings.access_log,
         timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
     )
-    server = Server(config, service, grace=settings.drain_grace,
-                    grpc=_grpc(service, metrics, settings, door))
+    server = Server(config, core.registry, grace=settings.drain_grace,
+                    grpc=_grpc(core, settings, door))
     server.run()
-    if service.lifecycle.fatal:
+    if core.registry.lifecycle.fatal:
         # the failure itself was logged, once, as it happened
         log.info("stopping: a model did not load (--keep-going serves the others)")
         return 1

@@ -1,7 +1,7 @@
 """A live model repository (``serve --watch``): notice new versions, replaced files and removed
 models, and swap them in without failing a request.
 
-The watcher only notices and describes; :class:`PredictionService` owns the models and does the
+The watcher only notices and describes; :class:`Registry` owns the models and does the
 swap (load and warm the new version in new workers, switch traffic in one step, drain and stop
 the old workers). A version that fails to load leaves the old one serving, reported on /readyz
 and /api/models. File events come from ``watchfiles`` (inotify, debounced); each batch of events
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import watchfiles
 
+from .registry import Registry, ServedModel
 from .repository import RepositoryError
 from .runtimes.convert import ConversionError
-from .service import PredictionService, ServedModel
 from .types import ModelSpec
 
 log = logging.getLogger("modelhost.watch")
@@ -35,13 +35,13 @@ def fingerprint(spec: ModelSpec) -> tuple:
 
 
 class RepositoryWatcher:
-    """Keeps ``service``'s models in step with the files under ``root``."""
+    """Keeps the registry's models in step with the files under ``root``."""
 
-    def __init__(self, root: Path, service: PredictionService, *,
+    def __init__(self, root: Path, registry: Registry, *,
                  scan: Callable[[], list[ModelSpec]], prepare: Callable[[ModelSpec], ModelSpec],
                  build: Callable[[ModelSpec], ServedModel], grace: float) -> None:
         self._root = root
-        self._service = service
+        self._registry = registry
         self._scan = scan  # the repository's specs, not yet converted
         self._prepare = prepare  # conversion to ONNX (a subprocess; run in a thread)
         self._build = build  # a ServedModel with its own pool and batcher, not started
@@ -50,7 +50,7 @@ class RepositoryWatcher:
 
     async def run(self) -> None:
         """Follow the files until cancelled (from the app's lifespan)."""
-        await self._service.lifecycle.loaded.wait()
+        await self._registry.lifecycle.loaded.wait()
         async for _ in watchfiles.awatch(self._root, debounce=400, step=100):
             try:
                 await self.sync()
@@ -66,7 +66,7 @@ class RepositoryWatcher:
             return
         for name in self._seen.keys() - current.keys():
             log.info("model %s removed from the repository; stopping it", name)
-            await self._service.remove(name, self._grace)
+            await self._registry.remove(name, self._grace)
         for spec in specs:
             if self._seen.get(spec.name) != current[spec.name]:
                 await self._update(spec)
@@ -77,10 +77,10 @@ class RepositoryWatcher:
         try:
             prepared = await asyncio.to_thread(self._prepare, spec)
         except ConversionError as exc:
-            old = self._service.models.get(spec.name)
+            old = self._registry.models.get(spec.name)
             if old is not None:
                 old.update_error = f"version {spec.version} failed to load: {exc}"
             log.error("%s", exc)
             return
-        if await self._service.swap(self._build(prepared), self._grace):
+        if await self._registry.swap(self._build(prepared), self._grace):
             log.info("model %s now serves version %s", spec.name, spec.version)

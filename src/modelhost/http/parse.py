@@ -26,8 +26,9 @@ from ..errors import (
     UnsupportedMedia,
 )
 from ..inputs.sources import RemoteUrl, ServerPath, Source, Upload
-from ..service import PredictRequest
+from ..predictor import Call, PredictRequest
 from ..types import Region
+from .errors import request_id_of
 
 MAX_TOP_K = 1000
 _OPTION_NAMES = ("top_k", "x", "y", "crop")
@@ -46,6 +47,11 @@ def deadline_for(request: Request, timeout: float) -> float:
             raise MalformedRequest("X-Request-Timeout must be a positive number of seconds")
         timeout = min(timeout, asked)
     return asyncio.get_running_loop().time() + timeout
+
+
+def call_of(request: Request, timeout: float) -> Call:
+    """The request's one deadline, id and client, for the body read and the predictor."""
+    return Call(deadline_for(request, timeout), request_id_of(request), client_of(request))
 
 
 def client_of(request: Request) -> str | None:
