@@ -219,18 +219,25 @@ def _grpc(core: Core, settings: Settings, door: _Door):
                       guard=Guard(door.keys, door.limiter, settings.protect_ops))
 
 
-def serve(settings: Settings) -> int:
-    """Run the server until it is stopped; the process exit status."""
+def build_server(settings: Settings, loop: str = "uvloop") -> tuple[Server, Core]:
+    """The HTTP (and gRPC) server for ``settings``, not yet running, and the core it serves
+    (``serve`` runs it in the main thread; tests may run it in another)."""
     core = build_core(settings, model_specs(settings))
     door = _Door.of(settings)
-    app = _app(core, settings, door)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
-        lifespan="on", log_config=None, access_log=settings.access_log,
+        _app(core, settings, door), host=settings.host, port=settings.port, loop=loop,
+        http=http_protocol(settings), lifespan="on", log_config=None,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
     )
     server = Server(config, core.registry, grace=settings.drain_grace,
                     grpc=_grpc(core, settings, door))
+    return server, core
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until it is stopped; the process exit status."""
+    server, core = build_server(settings)
     server.run()
     if core.registry.lifecycle.fatal:
         # the failure itself was logged, once, as it happened

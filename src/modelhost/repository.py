@@ -19,6 +19,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .errors import StartupError
 from .types import ModelConfig, ModelSpec
 
 MODEL_SUFFIXES = {
@@ -33,7 +34,7 @@ CONFIG_NAME = "modelhost.toml"
 LABELS_NAME = "labels.txt"
 
 
-class RepositoryError(Exception):
+class RepositoryError(StartupError):
     """A model that cannot be described: the message names the file and the reason."""
 
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .errors import StartupError
+
 
 def default_db_url() -> str:
     """The prediction log's default home: a SQLite file in the XDG data folder."""
@@ -30,7 +32,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "modelhost"
 
 
-class ConfigError(ValueError):
+class ConfigError(StartupError, ValueError):
     """A setting names something unusable (a bad keys file, rate); start-up stops with it."""
 
 

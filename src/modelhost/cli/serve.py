@@ -9,12 +9,9 @@ import typer
 from pydantic import ValidationError
 
 from .. import logs
-from ..download import DownloadError, is_url
-from ..feedback.journal import JournalBusy
-from ..feedback.store import BadDatabaseUrl
-from ..repository import RepositoryError
-from ..runtimes.convert import ConversionError
-from ..settings import ConfigError, Settings
+from ..download import is_url
+from ..errors import StartupError
+from ..settings import Settings
 
 Opt = typer.Option
 
@@ -106,8 +103,7 @@ def serve(
 
     try:
         code = run(settings)
-    except (RepositoryError, ConfigError, ConversionError, DownloadError, BadDatabaseUrl,
-            JournalBusy) as exc:
+    except StartupError as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

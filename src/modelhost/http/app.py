@@ -24,11 +24,11 @@ from . import (
     routes_tfserving,
     routes_v2,
 )
-from .auth import ApiKeys
-from .crosssite import SameOrigin
-from .hosts import HostCheck
-from .middleware import BodyLimit, RequestContext
-from .ratelimit import Limiter, RateLimit
+from .auth import KeyPolicy
+from .crosssite import CrossSitePolicy
+from .gate import BodyLimit, Gate
+from .hosts import HostPolicy
+from .ratelimit import Limiter, RatePolicy
 from .responses import JSON
 
 if TYPE_CHECKING:
@@ -82,10 +82,9 @@ def create_app(registry: Registry, predictor: Predictor, metrics: Metrics, setti
     app.include_router(pages.router())
     docs.install(app)
     app.mount("/static", pages.static_files(), name="static")
-    app.add_middleware(BodyLimit, max_body=settings.max_body)
-    app.add_middleware(RateLimit, limiter=limiter)
-    app.add_middleware(ApiKeys, keys=keys, protect_ops=settings.protect_ops)
-    app.add_middleware(SameOrigin, allowed_origins=settings.allowed_origins)
-    app.add_middleware(HostCheck, bind_host=settings.host, allowed_hosts=settings.allowed_hosts)
-    app.add_middleware(RequestContext)
+    app.add_middleware(
+        Gate, hosts=HostPolicy(settings.host, settings.allowed_hosts),
+        crosssite=CrossSitePolicy(settings.allowed_origins),
+        keys=KeyPolicy(keys, settings.protect_ops), rate=RatePolicy(limiter),
+        body=BodyLimit(settings.max_body))
     return app

@@ -54,6 +54,15 @@ def call_of(request: Request, timeout: float) -> Call:
     return Call(deadline_for(request, timeout), request_id_of(request), client_of(request))
 
 
+async def read_body(request: Request, deadline: float) -> bytes:
+    """The whole body, within the deadline (408 for a client too slow to send it)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await request.body()
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
+
+
 def client_of(request: Request) -> str | None:
     """The authenticated API key's name (set by the auth middleware), if any."""
     return getattr(request.state, "api_key_name", None)

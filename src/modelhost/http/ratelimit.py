@@ -17,17 +17,19 @@ import logging
 import math
 import re
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import ConfigurationError, StorageError
 from limits.storage import storage_from_string
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import RateLimited
 from ..settings import ConfigError, Settings
-from .errors import error_response
 from .public import is_ops, is_page
+
+if TYPE_CHECKING:
+    from .gate import Head
 
 log = logging.getLogger("modelhost.ratelimit")
 _SHORT_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
@@ -83,39 +85,29 @@ class Limiter:
         return Count(allowed, stats.remaining, max(0.0, stats.reset_time - time.time()))
 
 
-class RateLimit:
-    """429 over the limit; a pass-through when ``limiter`` is None."""
+class RatePolicy:
+    """429 over the limit, with the RateLimit headers on every counted response; lets
+    everything pass when ``limiter`` is None."""
 
-    def __init__(self, app: ASGIApp, limiter: Limiter | None) -> None:
-        self.app = app
+    def __init__(self, limiter: Limiter | None) -> None:
         self.limiter = limiter
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or self.limiter is None or is_ops(scope["path"])
-                or is_page(scope["method"], scope["path"])):
-            return await self.app(scope, receive, send)
-        state = scope.setdefault("state", {})
-        counted = await self.limiter.hit(identity(state.get("api_key_name"),
-                                                  (scope.get("client") or ("unknown", 0))[0]))
+    async def check(self, head: Head, key_name: str | None) -> list[tuple[bytes, bytes]]:
+        """The headers to add to the response; :class:`RateLimited` over the limit."""
+        if self.limiter is None or is_ops(head.path) or is_page(head.method, head.path):
+            return []
+        counted = await self.limiter.hit(identity(key_name, head.client))
         if counted is None:
-            return await self.app(scope, receive, send)
+            return []
         allowed, remaining, reset = counted
-        headers = [(b"ratelimit-limit", str(self.limiter.item.amount).encode()),
-                   (b"ratelimit-remaining", str(remaining).encode()),
-                   (b"ratelimit-reset", str(math.ceil(reset)).encode()),
-                   (b"ratelimit-policy", self.limiter.policy.encode())]
+        headers = {"ratelimit-limit": str(self.limiter.item.amount),
+                   "ratelimit-remaining": str(remaining),
+                   "ratelimit-reset": str(math.ceil(reset)),
+                   "ratelimit-policy": self.limiter.policy}
         if not allowed:
-            response = error_response(state.get("request_id", ""), 429, "rate_limited",
-                                      "too many requests; slow down", retry_after=reset)
-            response.raw_headers.extend(headers)
-            return await response(scope, receive, send)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+            raise RateLimited("too many requests; slow down", retry_after=reset,
+                              headers=headers)
+        return [(name.encode(), value.encode()) for name, value in headers.items()]
 
 
 def identity(key_name: str | None, address: str) -> str:

@@ -25,8 +25,7 @@ from ..protocols.rows import (
 from ..protocols.v2 import ProtocolError
 from ..registry import ModelState, RegistryView, ServedModel
 from ..settings import Settings
-from .parse import call_of
-from .protocol_errors import ProtocolRoute, read_body
+from .parse import call_of, read_body
 from .schemas import documented
 
 LATEST = "latest"
@@ -44,7 +43,7 @@ _STATUS = {ModelState.READY: "AVAILABLE", ModelState.LOADING: "LOADING",
 
 def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
            settings: Settings) -> APIRouter:
-    api = APIRouter(prefix="/v1/models", tags=["tensorflow serving"], route_class=ProtocolRoute,
+    api = APIRouter(prefix="/v1/models", tags=["tensorflow serving"],
                     responses=_ERRORS)
 
     def named(name: str, version: str | None, label: str | None) -> ServedModel:

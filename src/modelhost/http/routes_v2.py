@@ -23,8 +23,7 @@ from ..protocols import v2
 from ..protocols import v2_model as served_v2
 from ..registry import ModelState, RegistryView, ServedModel
 from ..settings import Settings
-from .parse import call_of
-from .protocol_errors import ProtocolRoute, read_body
+from .parse import call_of, read_body
 from .responses import JSON
 
 if TYPE_CHECKING:
@@ -61,7 +60,7 @@ BINARY_RESPONSE = {200: {"content": {"application/octet-stream": {"schema": {
 
 def router(registry: RegistryView, predictor: Predictor, metrics: Metrics, settings: Settings,
            control: ModelControl | None = None) -> APIRouter:
-    api = APIRouter(prefix="/v2", tags=["kserve v2"], route_class=ProtocolRoute,
+    api = APIRouter(prefix="/v2", tags=["kserve v2"],
                     responses=_ERRORS)
 
     @api.get("", summary="Server metadata", response_model=v2.ServerMetadata)

@@ -13,19 +13,20 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import StartupError
 from ..types import ModelInfo, ModelSpec
 
 
-class RuntimeUnavailable(Exception):
+class RuntimeUnavailable(StartupError):
     """The model's format needs a runtime that is not installed or not supported yet."""
 
 
-class UntrustedCode(Exception):
+class UntrustedCode(StartupError):
     """The model holds Python code (a Lambda layer, a pipeline.py) and loading it was not
     allowed with ``--trust-model-code``."""
 
 
-class ModelFileError(Exception):
+class ModelFileError(StartupError):
     """The model file is damaged, is not what its name says, or reaches outside its folder; the
     message names the file and the reason in one line."""
 
