@@ -1,7 +1,7 @@
 """KServe V2 over gRPC (``--grpc-port``), with the same semantics as /v2 over REST.
 
-The service definition is compiled from the packaged ``open_inference_grpc.proto`` at first use
-(``grpc.protos_and_services``, grpcio-tools), so no generated code is kept in the repository.
+The service definition comes from ``protocols/v2_grpc.py`` (compiled at first use into a
+descriptor pool of its own, so V2 client libraries can share the process).
 The server runs on the HTTP server's event loop and shares its registry and predictor: gRPC
 rows go through the same run step and join the same batches, and each response carries its
 prediction ids in ``parameters["prediction_id"]`` for feedback. Tensors come as
@@ -28,14 +28,13 @@ from .errors import InvalidInput, ModelhostError
 from .grpc_guard import Guard, client_name
 from .metrics import Metrics
 from .predictor import Call, Predictor
-from .protocols import v2
+from .protocols import v2, v2_grpc
 from .protocols import v2_model as served_v2
 from .registry import RegistryView
 from .settings import Settings
 
 log = logging.getLogger("modelhost.grpc")
 
-PROTO = "modelhost/protocols/open_inference_grpc.proto"
 _STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
@@ -67,14 +66,13 @@ class GrpcServer:
         self.port: int | None = None
 
     async def start(self) -> int:
-        protos, services = grpc.protos_and_services(PROTO)
         limit = self._settings.max_body
         self._server = aio.server(interceptors=[self._guard],
                                   options=[("grpc.max_receive_message_length", limit),
                                            ("grpc.max_send_message_length", limit)])
-        services.add_GRPCInferenceServiceServicer_to_server(
-            _Servicer(protos, self._registry, self._predictor, self._metrics, self._settings),
-            self._server)
+        self._server.add_generic_rpc_handlers((v2_grpc.handler(_Servicer(
+            v2_grpc.messages(), self._registry, self._predictor, self._metrics,
+            self._settings)),))
         address = f"{self._settings.host}:{self._settings.grpc_port}"
         self.port = self._server.add_insecure_port(address)
         await self._server.start()
