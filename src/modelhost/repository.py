@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StartupError
-from .types import ModelConfig, ModelSpec
+from .types import LAYOUTS, OUTPUT_KINDS, RESAMPLES, SCALINGS, ModelConfig, ModelSpec
 
 MODEL_SUFFIXES = {
     ".onnx": "onnx",
@@ -194,10 +194,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "workers": {"replicas": "replicas", "threads": "threads"},
 }
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "layout": ("NCHW", "NHWC"),
-    "scaling": ("none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"),
-    "resample": ("nearest", "box", "bilinear", "bicubic", "lanczos"),
-    "output_kind": ("auto", "logits", "probabilities"),
+    "layout": LAYOUTS, "scaling": SCALINGS, "resample": RESAMPLES, "output_kind": OUTPUT_KINDS,
 }
 
 

@@ -12,6 +12,7 @@ from .. import logs
 from ..download import is_url
 from ..errors import StartupError
 from ..settings import Settings
+from ..types import FORMATS
 
 Opt = typer.Option
 
@@ -60,8 +61,7 @@ def serve(
         help="Address-space bytes per worker process [no limit].")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     format: Annotated[str | None, Opt("--format",
-        help="Force the model format: onnx, keras, tf_savedmodel, tf_frozen, torchscript, "
-             "torch_export, python.")] = None,
+        help=f"Force the model format: {', '.join(FORMATS)}.")] = None,
     runtime: Annotated[str | None, Opt(
         help="auto (convert to ONNX when verified), native or onnx [auto].")] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
