@@ -16,7 +16,8 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from .apikeys import KeyRing
+from .access.keys import KeyRing
+from .access.limits import Limiter, limiter_for
 from .batching.batcher import Batcher
 from .demo import DEMO_DIR, imagenet_available
 from .download import fetch_model
@@ -25,7 +26,6 @@ from .feedback.recorder import PredictionLog
 from .feedback.store import Store
 from .http.app import create_app
 from .http.protocol import http_protocol
-from .http.ratelimit import Limiter, limiter_for
 from .http.server import Server
 from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher

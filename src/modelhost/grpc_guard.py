@@ -17,8 +17,8 @@ from contextvars import ContextVar
 import grpc
 from grpc import aio
 
-from .apikeys import KeyRing, presented_secret
-from .http.ratelimit import Limiter, identity
+from .access.keys import KeyRing, presented_secret
+from .access.limits import Limiter, identity
 
 log = logging.getLogger("modelhost.auth")
 # The verified key's name for the call being served (the prediction log's ``client``): the

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from .. import __version__
+from ..access.limits import Limiter
 from ..metrics import Metrics
 from ..predictor import Predictor
 from ..registry import Registry
@@ -28,11 +29,11 @@ from .auth import KeyPolicy
 from .crosssite import CrossSitePolicy
 from .gate import BodyLimit, Gate
 from .hosts import HostPolicy
-from .ratelimit import Limiter, RatePolicy
+from .ratelimit import RatePolicy
 from .responses import JSON
 
 if TYPE_CHECKING:
-    from ..apikeys import KeyRing
+    from ..access.keys import KeyRing
     from ..model_control import ModelControl
     from ..watch import RepositoryWatcher
 

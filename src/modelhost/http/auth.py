@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ..apikeys import KeyRing, presented_secret
+from ..access.keys import KeyRing, presented_secret
 from ..errors import Unauthorized
 from .public import is_ops, is_page
 
