@@ -184,11 +184,6 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
     return ServedModel(spec, pool, batcher)
 
 
-def build_app(settings: Settings) -> FastAPI:
-    """The app for ``settings`` (also used by tests and ASGI servers)."""
-    return _app(build_core(settings, model_specs(settings)), settings, _Door.of(settings))
-
-
 @dataclass(frozen=True)
 class _Door:
     """The API keys and the rate limiter, one of each, shared by the HTTP and gRPC ports."""

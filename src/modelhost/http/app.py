@@ -1,4 +1,5 @@
-"""The FastAPI application: route table, middleware and lifespan. Built by assembly.py."""
+"""The FastAPI application: route table, the gate, error handlers and lifespan. Built by
+assembly.py."""
 
 from __future__ import annotations
 

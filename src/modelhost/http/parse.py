@@ -64,7 +64,7 @@ async def read_body(request: Request, deadline: float) -> bytes:
 
 
 def client_of(request: Request) -> str | None:
-    """The authenticated API key's name (set by the auth middleware), if any."""
+    """The authenticated API key's name (set by the gate's key policy), if any."""
     return getattr(request.state, "api_key_name", None)
 
 
