@@ -139,7 +139,7 @@ class Predictor:
             for data, region in rows:  # every row is checked before any row queues
                 if isinstance(region, Region):
                     check(data, region, model.spec.config.default_crop, self._max_pixels)
-                model.pool.refuse_poison(data)
+                model.batcher.refuse_poison(data)
             outs = await _submit(model, rows, call.deadline)
             for out in outs:
                 if not np.isfinite(out.row).all():

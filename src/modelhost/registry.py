@@ -48,6 +48,11 @@ class ServedModel:
     info: ModelInfo | None = None
     prep: Preprocessing | None = None
 
+    @property
+    def workers_ready(self) -> int:
+        """Live, warmed-up workers: what readiness and the model listings report."""
+        return self.pool.ready_workers
+
 
 @dataclass
 class Lifecycle:
@@ -105,7 +110,7 @@ class Registry:
     def readiness(self) -> tuple[bool, dict]:
         """Ready only when not draining and every model has a live, warmed-up worker."""
         models = {
-            name: {"state": m.state, "workers_ready": m.pool.ready_workers,
+            name: {"state": m.state, "workers_ready": m.workers_ready,
                    **({"error": m.error} if m.error else {}),
                    **({"update_error": m.update_error} if m.update_error else {})}
             for name, m in self._models.items()
@@ -113,7 +118,7 @@ class Registry:
         ready = (
             not self.lifecycle.draining
             and self.lifecycle.loaded.is_set()
-            and all(m.state is ModelState.READY and m.pool.ready_workers > 0
+            and all(m.state is ModelState.READY and m.workers_ready > 0
                     for m in self._models.values())
         )
         reason = "draining" if self.lifecycle.draining else None
@@ -122,7 +127,7 @@ class Registry:
     def state_rows(self) -> list[dict]:
         """Per-model numbers for the metrics collector."""
         return [
-            {"model": n, "queue_depth": m.batcher.depth, "workers_ready": m.pool.ready_workers,
+            {"model": n, "queue_depth": m.batcher.depth, "workers_ready": m.workers_ready,
              "load_seconds": m.pool.load_seconds, "restarts": m.pool.restarts}
             for n, m in self._models.items()
         ]
@@ -226,5 +231,5 @@ def _summary(model: ServedModel) -> dict:
         "labels": len(model.spec.labels), "parameters": info.parameters,
         "preprocessing": {"size": list(prep.size), "layout": prep.layout,
                           "scaling": prep.scaling, "resize": prep.resize},
-        "workers": model.pool.ready_workers,
+        "workers": model.workers_ready,
     }

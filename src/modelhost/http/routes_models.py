@@ -28,7 +28,7 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
              "layout": prep.layout, "scaling": prep.scaling, "resize": prep.resize}
             if prep else None
         ),
-        "workers_ready": model.pool.ready_workers,
+        "workers_ready": model.workers_ready,
     }
     if labels:
         body["label_names"] = list(model.spec.labels)

@@ -69,5 +69,5 @@ def method(channel: grpc.Channel | grpc.aio.Channel, name: str) -> Callable:
                                response_deserializer=_class(rpc.output_type).FromString)
 
 
-def _class(descriptor: Any) -> type:
+def _class(descriptor: Any) -> Any:  # a generated message class
     return message_factory.GetMessageClass(descriptor)

@@ -42,7 +42,7 @@ def is_ready(registry: RegistryView, name: str, version: str | None) -> bool:
     model = registry.model(name)
     if version and version not in model.spec.versions:
         raise NotFound(f"model {name!r} has no version {version!r}")
-    return (model.state is ModelState.READY and model.pool.ready_workers > 0
+    return (model.state is ModelState.READY and model.workers_ready > 0
             and version in (None, "", model.spec.version))
 
 
