@@ -50,8 +50,10 @@ class Head:
 
     @classmethod
     def of(cls, scope: Scope) -> Head:
-        headers = {name.decode(): value.decode("latin-1")
-                   for name, value in scope.get("headers", []) if name in _READ}
+        headers: dict[str, str] = {}
+        for name, value in scope.get("headers", []):
+            if name in _READ:  # the first of a repeated header counts, as it always did
+                headers.setdefault(name.decode(), value.decode("latin-1"))
         return cls(scope["method"], scope["path"], scope.get("scheme", "http"),
                    (scope.get("client") or ("unknown", 0))[0], headers)
 
