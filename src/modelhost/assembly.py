@@ -33,6 +33,7 @@ from .metrics import Metrics
 from .model_control import ModelControl
 from .predictor import Predictor
 from .registry import Registry, ServedModel
+from .reloader import Reloader
 from .repository import load_repository
 from .runtimes.convert import prepare
 from .settings import ConfigError, Settings
@@ -68,26 +69,31 @@ def _prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:
     return prepare(spec, settings.cache_dir, settings.convert_timeout)
 
 
-def _watcher(settings: Settings, registry: Registry) -> RepositoryWatcher | None:
-    if not settings.watch or settings.models is None:
-        return None
-    return RepositoryWatcher(
-        settings.models, registry, scan=lambda: _scan(settings.models, settings),
-        prepare=lambda spec: _prepared(spec, settings),
-        build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace,
-    )
-
-
-def _control(settings: Settings, registry: Registry) -> ModelControl | None:
-    if not settings.model_control:
-        return None
-    if settings.models is None:
+def _reloader(settings: Settings, registry: Registry) -> Reloader | None:
+    """The one reloader behind --watch and --model-control (None when neither is on)."""
+    if settings.model_control and settings.models is None:
         raise ConfigError("--model-control needs a model folder (not the demos or a URL)")
-    return ModelControl(
-        registry, scan=lambda: _scan(settings.models, settings),
-        prepare=lambda spec: _prepared(spec, settings),
-        build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace,
-    )
+    if not (settings.watch or settings.model_control) or settings.models is None:
+        return None  # --watch on the demos or a URL: nothing to watch
+    root = settings.models
+    return Reloader(registry, scan=lambda: _scan(root, settings),
+                    prepare=lambda spec: _prepared(spec, settings),
+                    build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace)
+
+
+def _watcher(settings: Settings, registry: Registry,
+             reloader: Reloader | None) -> RepositoryWatcher | None:
+    if not settings.watch or settings.models is None or reloader is None:
+        return None
+    return RepositoryWatcher(settings.models, registry, reloader,
+                             _scan(settings.models, settings))
+
+
+def _control(settings: Settings, registry: Registry,
+             reloader: Reloader | None) -> ModelControl | None:
+    if not settings.model_control or reloader is None:
+        return None
+    return ModelControl(registry, reloader)
 
 
 def demo_specs(cache_dir: Path) -> list[ModelSpec]:
@@ -198,9 +204,10 @@ class _Door:
 
 
 def _app(core: Core, settings: Settings, door: _Door) -> FastAPI:
+    reloader = _reloader(settings, core.registry)
     return create_app(core.registry, core.predictor, core.metrics, settings, keys=door.keys,
-                      limiter=door.limiter, watcher=_watcher(settings, core.registry),
-                      control=_control(settings, core.registry))
+                      limiter=door.limiter, watcher=_watcher(settings, core.registry, reloader),
+                      control=_control(settings, core.registry, reloader))
 
 
 def _grpc(core: Core, settings: Settings, door: _Door):
