@@ -8,6 +8,7 @@ the pipelines' names and default interpolations.
 
 from __future__ import annotations
 
+from .errors import StartupError
 from .inputs.pipelines import DEFAULT_INTERPOLATION
 from .types import ModelConfig, ModelInfo, Preprocessing
 
@@ -15,7 +16,7 @@ DEFAULT_SIZE = 224
 _IMAGE_DTYPES = ("float32", "float16", "float64", "uint8")
 
 
-class PreprocessingError(Exception):
+class PreprocessingError(StartupError):
     """The model's input cannot be fed from an image; the message says why."""
 
 

@@ -19,8 +19,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .errors import StartupError
 from .inputs import pipelines
-from .types import ModelConfig, ModelSpec
+from .types import DECODES, LAYOUTS, OUTPUT_KINDS, PIPELINES, SCALINGS, ModelConfig, ModelSpec
 
 MODEL_SUFFIXES = {
     ".onnx": "onnx",
@@ -34,7 +35,7 @@ CONFIG_NAME = "modelhost.toml"
 LABELS_NAME = "labels.txt"
 
 
-class RepositoryError(Exception):
+class RepositoryError(StartupError):
     """A model that cannot be described: the message names the file and the reason."""
 
 
@@ -65,8 +66,8 @@ def _with_pipeline(spec: ModelSpec, name: str) -> ModelSpec:
     config = spec.config
     if config.pipeline is not None:
         return spec
-    if name not in pipelines.NAMES:
-        raise RepositoryError(f"--pipeline {name}: expected one of {list(pipelines.NAMES)}")
+    if name not in PIPELINES:
+        raise RepositoryError(f"--pipeline {name}: expected one of {list(PIPELINES)}")
     if config.resample is not None and config.resample not in pipelines.INTERPOLATIONS[name]:
         raise RepositoryError(f"{spec.name}: resample = {config.resample!r} is not one of the "
                               f"{name} pipeline's {list(pipelines.INTERPOLATIONS[name])}")
@@ -218,11 +219,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "workers": {"replicas": "replicas", "threads": "threads"},
 }
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "layout": ("NCHW", "NHWC"),
-    "scaling": ("none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"),
-    "pipeline": pipelines.NAMES,
-    "decode": ("exact", "fast"),
-    "output_kind": ("auto", "logits", "probabilities"),
+    "layout": LAYOUTS, "scaling": SCALINGS, "pipeline": PIPELINES, "decode": DECODES,
+    "output_kind": OUTPUT_KINDS,
 }
 
 

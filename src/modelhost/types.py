@@ -8,13 +8,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
+# The vocabulary tables: each concept's words are listed here once; settings, modelhost.toml
+# validation and CLI help derive their choices from these (``get_args``), never a copy.
+Format = Literal["onnx", "keras", "tf_savedmodel", "tf_frozen", "torchscript", "torch_export",
+                 "python"]
 Layout = Literal["NCHW", "NHWC"]
 Scaling = Literal["none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"]
+Resample = Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"]  # Pillow's
+TfMethod = Literal["bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
+                   "mitchellcubic"]  # tf.image.resize's methods
+OutputKind = Literal["auto", "logits", "probabilities"]
 ResizeMode = Literal["stretch", "shorter", "pad"]
+RuntimeMode = Literal["auto", "native", "onnx"]
 Pipeline = Literal["torchvision", "keras", "keras-dataset", "tf", "pillow"]
 Decode = Literal["exact", "fast"]
+
+FORMATS: tuple[Format, ...] = get_args(Format)
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
+SCALINGS: tuple[Scaling, ...] = get_args(Scaling)
+RESAMPLES: tuple[Resample, ...] = get_args(Resample)
+TF_METHODS: tuple[TfMethod, ...] = get_args(TfMethod)
+OUTPUT_KINDS: tuple[OutputKind, ...] = get_args(OutputKind)
+PIPELINES: tuple[Pipeline, ...] = get_args(Pipeline)
+DECODES: tuple[Decode, ...] = get_args(Decode)
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,7 @@ class Preprocessing:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     bgr: bool = False
     resize: int = 0
-    resample: str = "bilinear"
+    resample: Resample | TfMethod = "bilinear"
     default_crop: float = 0.0
     pipeline: Pipeline | Literal[""] = ""
     decode: Decode = "exact"
@@ -80,7 +98,7 @@ class ModelConfig:
     std: tuple[float, ...] | None = None
     bgr: bool = False
     resize: int = 0
-    resample: str | None = None  # None: the pipeline's own default interpolation
+    resample: Resample | TfMethod | None = None  # None: the pipeline's own default
     default_crop: float = 0.0
     pipeline: Pipeline | None = None
     decode: Decode = "exact"
@@ -92,7 +110,7 @@ class ModelConfig:
     max_delay_ms: float = 0.0
     replicas: int = 1
     threads: int = 0
-    output_kind: Literal["auto", "logits", "probabilities"] = "auto"
+    output_kind: OutputKind = "auto"
 
 
 @dataclass(frozen=True)
@@ -105,7 +123,7 @@ class RuntimeOptions:
     ``output_name`` pick tensors of a frozen TensorFlow graph.
     """
 
-    runtime: Literal["auto", "native", "onnx"] = "auto"
+    runtime: RuntimeMode = "auto"
     trust_code: bool = False
     input_name: str | None = None
     output_name: str | None = None

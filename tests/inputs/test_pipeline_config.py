@@ -29,8 +29,8 @@ def _config(tmp_path: Path, text: str) -> ModelConfig:
 
 @pytest.mark.parametrize(("text", "message"), [
     ('[input]\npipeline = "opencv"',
-     "input.pipeline = 'opencv': expected one of ['torchvision', 'keras', 'pillow', 'tf', "
-     "'keras-dataset']"),
+     "input.pipeline = 'opencv': expected one of ['torchvision', 'keras', 'keras-dataset', "
+     "'tf', 'pillow']"),
     ('[input]\npipeline = "keras"\nresize = 256',
      'input.resize applies only with pipeline = "torchvision" or no pipeline (not \'keras\')'),
     ('[input]\npipeline = "torchvision"\nantialias = true',

@@ -25,7 +25,7 @@ from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, UntrustedCode, load_runtime
 from ..runtimes.convert import CONVERTIBLE
 from ..settings import Settings
-from ..types import ModelSpec, Preprocessing, Region, RuntimeOptions
+from ..types import FORMATS, PIPELINES, ModelSpec, Preprocessing, Region, RuntimeOptions
 
 console = Console()
 Opt = typer.Option
@@ -105,14 +105,14 @@ def _print_result(path: Path, result: dict) -> None:
 def inspect(
     target: Annotated[Path, typer.Argument(help="Model file or folder.")],
     model: Annotated[str | None, Opt(help="Model name (in a repository).")] = None,
-    format: Annotated[str | None, Opt("--format", help="Force the model format.")] = None,
+    format: Annotated[str | None, Opt(
+        "--format", help=f"Force the model format: {', '.join(FORMATS)}.")] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
         help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
     input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,
     output_name: Annotated[str | None, Opt(help="Output tensor of a frozen TF graph.")] = None,
     pipeline: Annotated[str | None, Opt(help="Training pipeline, when modelhost.toml names "
-                                        "none: torchvision, keras, keras-dataset, tf, pillow.")
-                        ] = None,
+                                        f"none: {', '.join(PIPELINES)}.")] = None,
     image: Annotated[Path | None, Opt(help="Show the tensor this photo becomes, and its "
                                       "difference from the training library's own pipeline.",
                                       exists=True, dir_okay=False)] = None,
@@ -150,7 +150,7 @@ def inspect(
         soft_wrap=True,
     )
     console.print(f"pipeline: {describe_preprocessing(prep)}", soft_wrap=True)
-    if prep.decode == "fast" and not getattr(runtime, "takes_images", False):
+    if prep.decode == "fast" and not runtime.takes_images:
         drift = measure(runtime.predict, prep, spec.config.output_kind, spec.path.parent,
                         Settings().max_pixels)
         console.print(f"decode fast: {drift.describe()}", soft_wrap=True)

@@ -34,25 +34,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..types import Preprocessing
+from ..types import RESAMPLES, TF_METHODS, Preprocessing
 
 PILLOW = ("torchvision", "keras", "pillow")
 TENSORFLOW = ("tf", "keras-dataset")
-NAMES = PILLOW + TENSORFLOW
-_PIL_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "box": Image.Resampling.BOX,
-    "bilinear": Image.Resampling.BILINEAR,
-    "hamming": Image.Resampling.HAMMING,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-_TF_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
-               "mitchellcubic")
+_PIL_RESAMPLE = {name: Image.Resampling[name.upper()] for name in RESAMPLES}
 INTERPOLATIONS: dict[str, tuple[str, ...]] = {
-    "": tuple(_PIL_RESAMPLE), "torchvision": tuple(_PIL_RESAMPLE),
-    "keras": tuple(_PIL_RESAMPLE), "pillow": tuple(_PIL_RESAMPLE),
-    "tf": _TF_METHODS, "keras-dataset": _TF_METHODS,
+    "": RESAMPLES, **{name: RESAMPLES for name in PILLOW},
+    **{name: TF_METHODS for name in TENSORFLOW},
 }
 # Each library's own default, so that leaving ``resample`` out means what the library meant.
 DEFAULT_INTERPOLATION = {"": "bilinear", "torchvision": "bilinear", "keras": "nearest",

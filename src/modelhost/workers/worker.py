@@ -32,6 +32,7 @@ from ..inputs.images import to_image, to_tensor
 from ..preprocessing import resolve
 from ..runtimes.base import (
     ModelFileError,
+    Runtime,
     RuntimeUnavailable,
     UntrustedCode,
     first_line,
@@ -77,26 +78,26 @@ def main(fd: int) -> None:
     _serve(conn, runtime, prep, start)
 
 
-def _warm_up(runtime, prep: Preprocessing, max_pixels: int) -> None:
+def _warm_up(runtime: Runtime, prep: Preprocessing, max_pixels: int) -> None:
     """One image through the whole pipeline, so that the first request does not pay for lazy
     initialisation (nor find that the pipeline's library, e.g. TensorFlow, is missing)."""
-    if getattr(runtime, "takes_images", False):
+    if runtime.takes_images:
         runtime.predict_images([Image.new("RGB", prep.size)])
     else:
         row = to_tensor(photo_like((64, 48), 0), prep, Region(), max_pixels)
         runtime.predict(row[None])
 
 
-def _with_drift(runtime, prep: Preprocessing, start: Start) -> ModelInfo:
+def _with_drift(runtime: Runtime, prep: Preprocessing, start: Start) -> ModelInfo:
     """The runtime's info, with the measured drift of ``decode = "fast"`` when it is on."""
-    if prep.decode != "fast" or getattr(runtime, "takes_images", False):
+    if prep.decode != "fast" or runtime.takes_images:
         return runtime.info
     drift = measure(runtime.predict, prep, start.spec.config.output_kind,
                     start.spec.path.parent, start.max_pixels)
     return replace(runtime.info, drift=drift)
 
 
-def _serve(conn: Connection, runtime, prep: Preprocessing, start: Start) -> None:
+def _serve(conn: Connection, runtime: Runtime, prep: Preprocessing, start: Start) -> None:
     slots = Attachments()
     while True:
         try:
@@ -115,11 +116,11 @@ def _serve(conn: Connection, runtime, prep: Preprocessing, start: Start) -> None
             conn.send_bytes(frame)
 
 
-def _run(runtime, prep: Preprocessing, start: Start, batch: Batch, payload) -> bytes:
+def _run(runtime: Runtime, prep: Preprocessing, start: Start, batch: Batch, payload) -> bytes:
     """Decode each image on its own (a bad one fails alone), then run the good ones together."""
     max_pixels = start.max_pixels
     tensors, ok, errors, decode_ms, digests = [], [], [], [], []
-    takes_images = getattr(runtime, "takes_images", False)  # a pipeline.py that wants PIL images
+    takes_images = runtime.takes_images  # a pipeline.py that wants PIL images
     for index, item in enumerate(batch.items):
         started = time.perf_counter()
         try:
