@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import LiveServer, rgb_model, start_server
+from .support import InProcessServer, rgb_model, serve_in_process
 
 
 @pytest.fixture(scope="session")
@@ -20,12 +20,13 @@ def model_repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def repo_server(model_repo, tmp_path_factory) -> LiveServer:
-    """One server for the read-only API tests, with server paths and URLs enabled."""
+def repo_server(model_repo, tmp_path_factory) -> InProcessServer:
+    """One server for the read-only API tests, with server paths and URLs enabled (in this
+    process: the real app over real HTTP with real workers)."""
     tmp = tmp_path_factory.mktemp("repo_server")
     images = tmp / "images"
     images.mkdir()
-    server = start_server(
+    server = serve_in_process(
         [str(model_repo), "--allow-path-root", str(images), "--allow-urls",
          "--allow-private-urls", "--max-body", str(2 * 2**20), "--max-pixels", "4000000"],
         tmp,
@@ -39,6 +40,6 @@ def repo_server(model_repo, tmp_path_factory) -> LiveServer:
 def demo_server(tmp_path_factory) -> str:
     """The demo models (imagenet, digits, colors) as ``modelhost serve`` serves them."""
     tmp = tmp_path_factory.mktemp("demo")
-    server = start_server(["--cache-dir", str(tmp / "cache")], tmp, timeout=300)
+    server = serve_in_process(["--cache-dir", str(tmp / "cache")], tmp, timeout=300)
     yield server.url
     assert server.stop() == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..support import LiveServer, start_server
+from ..support import InProcessServer, serve_in_process
 from .build_models import write_images
 
 BUILDER = Path(__file__).with_name("build_models.py")
@@ -45,20 +45,20 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def auto_server(built, cache_dir, tmp_path_factory) -> LiveServer:
+def auto_server(built, cache_dir, tmp_path_factory) -> InProcessServer:
     """The framework models with ``--runtime auto``: each converted to ONNX and verified."""
     tmp = tmp_path_factory.mktemp("auto")
-    server = start_server([str(built / "repo"), "--cache-dir", str(cache_dir)], tmp,
-                          timeout=900)
+    server = serve_in_process([str(built / "repo"), "--cache-dir", str(cache_dir)], tmp,
+                              timeout=900)
     yield server
     assert server.stop() == 0
 
 
 @pytest.fixture(scope="session")
-def native_server(built, tmp_path_factory) -> LiveServer:
+def native_server(built, tmp_path_factory) -> InProcessServer:
     """The same models in their own frameworks (``--runtime native``)."""
     tmp = tmp_path_factory.mktemp("native")
-    server = start_server([str(built / "repo"), "--runtime", "native"], tmp, timeout=600)
+    server = serve_in_process([str(built / "repo"), "--runtime", "native"], tmp, timeout=600)
     yield server
     assert server.stop() == 0
 
@@ -68,7 +68,7 @@ def expected(built: Path, model: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(row) for name, row in rows.items()}
 
 
-def served(server: LiveServer, model: str, image: Path) -> np.ndarray:
+def served(server: InProcessServer, model: str, image: Path) -> np.ndarray:
     """The server's probabilities for every class, in index order."""
     response = server.client.post(f"/api/models/{model}/predict", params={"top_k": 1000},
                                   files={"image": (image.name, image.read_bytes())})
@@ -77,7 +77,7 @@ def served(server: LiveServer, model: str, image: Path) -> np.ndarray:
     return np.asarray([scores[i] for i in range(len(scores))])
 
 
-def assert_matches_framework(server: LiveServer, built: Path, model: str) -> int:
+def assert_matches_framework(server: InProcessServer, built: Path, model: str) -> int:
     """Every test image: same top-1 as the framework, probabilities within 1e-4. Returns how
     many digits were classified correctly (their true label is in the file name)."""
     correct = 0
