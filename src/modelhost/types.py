@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Layout = Literal["NCHW", "NHWC"]
 Scaling = Literal["none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"]
@@ -161,7 +161,7 @@ class Prediction:
     timings: Timings
     batch_size: int = 1
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "model": self.model,

@@ -266,8 +266,10 @@ class ModelPool:
             await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
             raise errors[0] if isinstance(errors[0], LoadError) else LoadError(str(errors[0]))
         self.load_seconds = time.perf_counter() - started
-        self.info = results[0].info
-        self._workers = workers
+        ready = results[0]
+        assert isinstance(ready, Ready)
+        self.info = ready.info
+        self._workers = list(workers)
         self._tasks = [asyncio.create_task(self._supervise(i)) for i in range(self._replicas)]
         self._tasks.append(asyncio.create_task(self._watch_hangs()))
         return self.info
