@@ -1,16 +1,23 @@
 """Fixtures for the runtime tests: every model format built for real, and servers serving them.
 
 The builders run as subprocesses (TensorFlow and torch take seconds to import and do not share
-the test process's warning filters); keras and torch build in parallel. Servers are started
+the test process's warning filters); keras and torch build in parallel, once per machine and
+set of framework versions (a cache keyed by them). Servers are started
 once per session: one converting everything to ONNX (``--runtime auto``), one serving each
 framework natively.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +34,41 @@ FRAMEWORK_MODELS = ("digits_keras", "digits_h5", "digits_savedmodel", "digits_fr
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
     """OUT/repo (framework models), OUT/lambda, OUT/fallback, OUT/pipelines, OUT/images,
-    OUT/expected/<model>.json (each framework's own probabilities per image)."""
-    out = tmp_path_factory.mktemp("built")
+    OUT/expected/<model>.json (each framework's own probabilities per image).
+
+    Built once per machine and kept (see ``build_cache``); each session gets its own copy.
+    """
+    out = tmp_path_factory.mktemp("built") / "models"
+    shutil.copytree(build_cache(tmp_path_factory), out, symlinks=True)
+    return out
+
+
+def build_cache(tmp_path_factory) -> Path:
+    """The built models, under a key of everything that shapes them: build_models.py and the
+    versions of the frameworks and libraries that train, export and predict. A new key builds
+    afresh (two to three minutes on 2 cores); ``MODELHOST_TEST_CACHE=off`` always does."""
+    key = hashlib.sha256(BUILDER.read_bytes())
+    for package in ("tensorflow-cpu", "tensorflow", "keras", "torch", "numpy", "scikit-learn",
+                    "pillow", "onnx", "tf2onnx", "h5py"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            key.update(f"{package}=={metadata.version(package)}\n".encode())
+    if os.environ.get("MODELHOST_TEST_CACHE") == "off":
+        return _build(tmp_path_factory.mktemp("built-fresh"))
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    target = home / "modelhost-tests" / f"built-{key.hexdigest()[:16]}"
+    if not (target / "complete").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        _build(scratch)
+        (scratch / "complete").write_text("")
+        try:
+            scratch.rename(target)
+        except OSError:  # another session finished first: theirs is as good
+            shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _build(out: Path) -> Path:
     write_images(out)
     builders = [subprocess.Popen([sys.executable, str(BUILDER), which, str(out)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
