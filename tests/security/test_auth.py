@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
 
 from modelhost.apikeys import KeyRing, KeysFileError, add_key
+from modelhost.cli import app
 
 from ..support import serve_in_process, solid, wait_until_ready
 
@@ -15,8 +17,10 @@ RED = solid((250, 10, 10))
 
 
 def cli_add_key(path, name: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "modelhost.cli", "keys", "add", name,
-                           "--file", str(path)], capture_output=True, text=True, check=True)
+    """``modelhost keys add NAME --file PATH``, run by the real command in this process (the
+    subprocess form is tested below)."""
+    done = CliRunner().invoke(app, ["keys", "add", name, "--file", str(path)])
+    assert done.exit_code == 0, done.output
     return done.stdout.strip()
 
 
