@@ -1,7 +1,10 @@
-"""Test support: start the real server as a subprocess, build small real models, make images.
+"""Test support: start the real server, build small real models, make images.
 
-Nothing here mocks modelhost: servers are ``python -m modelhost.cli serve`` on 127.0.0.1 with
-a free port, and models are real ONNX files run by ONNX Runtime in real worker processes.
+Nothing here mocks modelhost. ``serve_in_process`` builds the app with modelhost's composition
+root from ``modelhost serve`` flags and serves it with uvicorn in a thread, on 127.0.0.1 with a
+free port (most tests); ``start_server`` runs ``python -m modelhost.cli serve`` as a subprocess,
+for tests about the process itself (signals, kill -9, drain, exit codes). Either way models are
+real ONNX files run by ONNX Runtime in real worker processes, reached over real HTTP.
 """
 
 from __future__ import annotations
