@@ -233,9 +233,15 @@ class _ServerLog(logging.Handler):
             return
         line = self.format(record)
         with self._lock_file:
-            self.file.write(line + "\n")
+            if not self.file.closed:  # a line from a thread that outlived its server
+                self.file.write(line + "\n")
 
     def close(self) -> None:
+        """Keeps the file open: ``logging.config.dictConfig`` (uvicorn's default set-up, run by
+        any test that builds a ``uvicorn.Config``) closes every handler in the process."""
+        super().close()
+
+    def finish(self) -> None:
         with self._lock_file:
             self.file.close()
         super().close()
@@ -293,8 +299,12 @@ class InProcessServer:
         self._handler = _ServerLog(self.tag, log_path)
         root = logging.getLogger()
         root.addHandler(self._handler)
-        if root.level > logging.INFO or root.level == logging.NOTSET:
-            root.setLevel(logging.INFO)
+        # modelhost's and uvicorn's INFO lines, as `serve` logs them; the root logger keeps its
+        # level, so the test's own libraries (httpx's request lines) stay quiet
+        for name in ("modelhost", "uvicorn"):
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET or logger.level > logging.INFO:
+                logger.setLevel(logging.INFO)
         self.url = ""
         self._error: BaseException | None = None
         token = _server_tag.set(self.tag)
@@ -314,7 +324,7 @@ class InProcessServer:
                                  grpc=assembly._grpc(service, metrics, settings, door))
         except BaseException:
             root.removeHandler(self._handler)
-            self._handler.close()
+            self._handler.finish()
             raise
         finally:
             _server_tag.reset(token)
@@ -372,7 +382,7 @@ class InProcessServer:
         if hasattr(self, "client"):
             self.client.close()
         logging.getLogger().removeHandler(self._handler)
-        self._handler.close()
+        self._handler.finish()
         if self._error is not None or self._thread.is_alive():
             return 1
         if self.service.lifecycle.fatal:
