@@ -248,25 +248,19 @@ class _ServerLog(logging.Handler):
 
 
 def settings_from_args(args: list[str], env: dict | None = None):
-    """``Settings`` from ``modelhost serve`` flags, parsed by the real CLI command."""
+    """``Settings`` from ``modelhost serve`` flags, parsed by the real CLI command and mapped
+    as it maps them."""
     import typer
 
     from modelhost.cli import app
-    from modelhost.download import is_url
-    from modelhost.settings import Settings
+    from modelhost.cli.serve import settings_of
 
     command = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
     context = command.make_context("serve", list(args))
-    # as cli/serve.py maps its flags
-    flags = {k: v for k, v in context.params.items() if v is not None and v is not False}
-    if flags.pop("no_log_predictions", False):
-        flags["log_predictions"] = False
-    if flags.get("models") is not None and is_url(flags["models"]):
-        flags["model_url"] = flags.pop("models")
     saved = dict(os.environ)
     os.environ.update(env or {})
     try:
-        return Settings(**flags)
+        return settings_of(context.params)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -279,19 +273,14 @@ class InProcessServer:
     The same face as ``LiveServer`` (``url``, ``client``, ``log()``, ``wait_for_log()``,
     ``stop()``) and the same real worker processes, at a fraction of a subprocess's start-up
     cost: no interpreter, no imports, no CLI. Use ``start_server`` where the process itself is
-    the point (signals, kill -9, drain, exit codes, the CLI) and for the gRPC port: its service
-    is compiled into the process's default protobuf pool, where tritonclient's copy of the same
-    ``inference`` package already sits.
+    the point (signals, kill -9, drain, exit codes, the CLI). The gRPC port works here too: its
+    service has a descriptor pool of its own, so tritonclient can share the process.
     """
 
     _tags = itertools.count(1)
 
     def __init__(self, settings, log_path: Path) -> None:
-        import uvicorn
-
-        from modelhost import assembly
-        from modelhost.http.protocol import http_protocol
-        from modelhost.http.server import Server
+        from modelhost.assembly import build_server
 
         self.settings = settings
         self.log_path = log_path
@@ -309,19 +298,8 @@ class InProcessServer:
         self._error: BaseException | None = None
         token = _server_tag.set(self.tag)
         try:
-            service, metrics = assembly.build_service(settings, assembly.model_specs(settings))
-            door = assembly._Door.of(settings)
-            app = assembly._app(service, metrics, settings, door)
-            config = uvicorn.Config(
-                app, host=settings.host, port=settings.port, loop="uvloop",
-                http=http_protocol(settings), lifespan="on", log_config=None,
-                access_log=settings.access_log,
-                timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
-            )
-            self.service = service
-            self.app = app
-            self.server = Server(config, service, grace=settings.drain_grace,
-                                 grpc=assembly._grpc(service, metrics, settings, door))
+            # what `modelhost serve` runs (assembly.serve), here run in a thread
+            self.server, self.core = build_server(settings)
         except BaseException:
             root.removeHandler(self._handler)
             self._handler.finish()
@@ -357,7 +335,7 @@ class InProcessServer:
 
     def worker_pids(self) -> list[int]:
         """This server's live model workers (other in-process servers have their own)."""
-        return [pid for model in list(self.service.models.values())
+        return [pid for model in list(self.core.registry.models.values())
                 for pid in model.pool.pids()]
 
     def log(self) -> str:
@@ -372,7 +350,7 @@ class InProcessServer:
         return log
 
     def stop(self, timeout: float = 30) -> int:
-        """Stop serving (lifespan shutdown: the service and its workers stop); the exit status
+        """Stop serving (lifespan shutdown: the registry and its workers stop); the exit status
         ``modelhost serve`` would have had."""
         self.server.should_exit = True
         self._thread.join(timeout)
@@ -385,7 +363,7 @@ class InProcessServer:
         self._handler.finish()
         if self._error is not None or self._thread.is_alive():
             return 1
-        if self.service.lifecycle.fatal:
+        if self.core.registry.lifecycle.fatal:
             return 1
         return 0 if self.server.started else 1
 

@@ -19,7 +19,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from .types import ModelConfig, ModelSpec
+from .errors import StartupError
+from .types import LAYOUTS, OUTPUT_KINDS, RESAMPLES, SCALINGS, ModelConfig, ModelSpec
 
 MODEL_SUFFIXES = {
     ".onnx": "onnx",
@@ -33,7 +34,7 @@ CONFIG_NAME = "modelhost.toml"
 LABELS_NAME = "labels.txt"
 
 
-class RepositoryError(Exception):
+class RepositoryError(StartupError):
     """A model that cannot be described: the message names the file and the reason."""
 
 
@@ -193,10 +194,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "workers": {"replicas": "replicas", "threads": "threads"},
 }
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "layout": ("NCHW", "NHWC"),
-    "scaling": ("none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"),
-    "resample": ("nearest", "box", "bilinear", "bicubic", "lanczos"),
-    "output_kind": ("auto", "logits", "probabilities"),
+    "layout": LAYOUTS, "scaling": SCALINGS, "resample": RESAMPLES, "output_kind": OUTPUT_KINDS,
 }
 
 

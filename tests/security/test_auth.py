@@ -8,7 +8,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from modelhost.apikeys import KeyRing, KeysFileError, add_key
+from modelhost.access.keys import KeyRing, KeysFileError, add_key
 from modelhost.cli import app
 
 from ..support import serve_in_process, solid, wait_until_ready

@@ -21,7 +21,7 @@ from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, UntrustedCode, load_runtime
 from ..runtimes.convert import CONVERTIBLE
 from ..settings import Settings
-from ..types import ModelSpec, Region, RuntimeOptions
+from ..types import FORMATS, ModelSpec, Region, RuntimeOptions
 
 console = Console()
 Opt = typer.Option
@@ -101,7 +101,8 @@ def _print_result(path: Path, result: dict) -> None:
 def inspect(
     target: Annotated[Path, typer.Argument(help="Model file or folder.")],
     model: Annotated[str | None, Opt(help="Model name (in a repository).")] = None,
-    format: Annotated[str | None, Opt("--format", help="Force the model format.")] = None,
+    format: Annotated[str | None, Opt(
+        "--format", help=f"Force the model format: {', '.join(FORMATS)}.")] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
         help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
     input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,

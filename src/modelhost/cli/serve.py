@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from .. import logs
-from ..download import DownloadError, is_url
-from ..feedback.journal import JournalBusy
-from ..feedback.store import BadDatabaseUrl
-from ..repository import RepositoryError
-from ..runtimes.convert import ConversionError
-from ..settings import ConfigError, Settings
+from ..download import is_url
+from ..errors import StartupError
+from ..settings import Settings
+from ..types import FORMATS
 
 Opt = typer.Option
+
+
+def settings_of(params: dict[str, Any]) -> Settings:
+    """``Settings`` from ``serve``'s parameters as typer passes them (unset flags left out, so
+    environment variables and defaults apply)."""
+    flags = {k: v for k, v in params.items() if v is not None and v is not False}
+    if flags.pop("no_log_predictions", False):
+        flags["log_predictions"] = False
+    models = flags.get("models")
+    if isinstance(models, str) and is_url(models):
+        flags["model_url"] = flags.pop("models")
+    return Settings(**flags)
 
 
 def serve(
@@ -63,8 +73,7 @@ def serve(
         help="Address-space bytes per worker process [no limit].")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     format: Annotated[str | None, Opt("--format",
-        help="Force the model format: onnx, keras, tf_savedmodel, tf_frozen, torchscript, "
-             "torch_export, python.")] = None,
+        help=f"Force the model format: {', '.join(FORMATS)}.")] = None,
     runtime: Annotated[str | None, Opt(
         help="auto (convert to ONNX when verified), native or onnx [auto].")] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
@@ -92,13 +101,8 @@ def serve(
         help="Where records wait while the database is away [under the cache dir].")] = None,
 ) -> None:
     """Serve MODELS (or the demo models) over HTTP."""
-    flags = {k: v for k, v in locals().items() if v is not None and v is not False}
-    if flags.pop("no_log_predictions", False):
-        flags["log_predictions"] = False
-    if models is not None and is_url(models):
-        flags["model_url"] = flags.pop("models")
     try:
-        settings = Settings(**flags)
+        settings = settings_of(locals())
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from None
     logs.configure(settings.log_level)
@@ -106,8 +110,7 @@ def serve(
 
     try:
         code = run(settings)
-    except (RepositoryError, ConfigError, ConversionError, DownloadError, BadDatabaseUrl,
-            JournalBusy) as exc:
+    except StartupError as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
