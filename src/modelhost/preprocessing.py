@@ -8,7 +8,7 @@ workers (for warm-up) call :func:`resolve`, so it depends on nothing but the sha
 from __future__ import annotations
 
 from .errors import StartupError
-from .types import ModelConfig, ModelInfo, Preprocessing
+from .types import Layout, ModelConfig, ModelInfo, Preprocessing
 
 DEFAULT_SIZE = 224
 _IMAGE_DTYPES = ("float32", "float16", "float64", "uint8")
@@ -57,7 +57,7 @@ def resolve(config: ModelConfig, info: ModelInfo) -> Preprocessing:
     )
 
 
-def _detect_layout(shape: tuple[int, ...]) -> str:
+def _detect_layout(shape: tuple[int, ...]) -> Layout:
     """Channels-first when dim 1 looks like a channel count, channels-last when dim 3 does."""
     if shape[1] in (1, 3):
         return "NCHW"

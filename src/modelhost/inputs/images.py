@@ -60,7 +60,10 @@ def to_image(data: bytes, region: Region, default_crop: float, max_pixels: int) 
         upright = _load_upright(image, orientation, 3)
     finally:
         image.close()
-    return upright.crop(tuple(round(v) for v in box)) if box != (0, 0, *upright.size) else upright
+    if box == (0, 0, *upright.size):
+        return upright
+    left, top, right, bottom = (round(v) for v in box)
+    return upright.crop((left, top, right, bottom))
 
 
 def check(data: bytes, region: Region, default_crop: float, max_pixels: int) -> None:

@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import time
+from multiprocessing import shared_memory
 
 from ..errors import InternalError, InvalidInput, ModelhostError, StartupError, Unavailable
 from ..types import ModelInfo, ModelSpec, Region
@@ -74,7 +75,7 @@ class Worker:
         self._inflight: dict[int, tuple[asyncio.Future, float]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._slots = SlotPool()
-        self._slot_of: dict[int, object] = {}
+        self._slot_of: dict[int, shared_memory.SharedMemory] = {}
         self._ready: asyncio.Future[Ready] = self._loop.create_future()
         self.exited: asyncio.Future[int | None] = self._loop.create_future()
         self.pid: int | None = None
