@@ -315,7 +315,7 @@ class InProcessServer:
         with contextlib.redirect_stdout(io.StringIO()):  # the "serving on" line
             try:
                 self.server.run()
-            except BaseException as exc:  # shown by start() / stop()
+            except BaseException as exc:  # shown by wait_started(); stop() returns 1
                 self._error = exc
 
     def wait_started(self, timeout: float) -> None:
