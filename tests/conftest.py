@@ -1,12 +1,31 @@
-"""Shared fixtures: real servers on 127.0.0.1 with real models."""
+"""Shared fixtures: real servers on 127.0.0.1 with real models.
+
+Loaded before any test module, this points the user's data folders at one fresh temporary
+folder for the whole session, so no server (in this process or a subprocess, which inherits
+the environment) reads or writes the real user's: the default prediction log
+(``$XDG_DATA_HOME/modelhost``) and modelhost's cache with the journal (``MODELHOST_CACHE_DIR``,
+which would otherwise be ``$XDG_CACHE_HOME/modelhost``). ``XDG_CACHE_HOME`` itself stays: the
+per-machine caches of built test models, torch and matplotlib live there on purpose.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from .support import LiveServer, rgb_model, start_server
+from .support import InProcessServer, rgb_model, serve_in_process
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="modelhost-tests-home-"))
+os.environ["XDG_DATA_HOME"] = str(_SESSION_HOME / "data")
+os.environ["MODELHOST_CACHE_DIR"] = str(_SESSION_HOME / "cache")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -20,12 +39,13 @@ def model_repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def repo_server(model_repo, tmp_path_factory) -> LiveServer:
-    """One server for the read-only API tests, with server paths and URLs enabled."""
+def repo_server(model_repo, tmp_path_factory) -> InProcessServer:
+    """One server for the read-only API tests, with server paths and URLs enabled (in this
+    process: the real app over real HTTP with real workers)."""
     tmp = tmp_path_factory.mktemp("repo_server")
     images = tmp / "images"
     images.mkdir()
-    server = start_server(
+    server = serve_in_process(
         [str(model_repo), "--allow-path-root", str(images), "--allow-urls",
          "--allow-private-urls", "--max-body", str(2 * 2**20), "--max-pixels", "4000000"],
         tmp,
@@ -39,6 +59,6 @@ def repo_server(model_repo, tmp_path_factory) -> LiveServer:
 def demo_server(tmp_path_factory) -> str:
     """The demo models (imagenet, digits, colors) as ``modelhost serve`` serves them."""
     tmp = tmp_path_factory.mktemp("demo")
-    server = start_server(["--cache-dir", str(tmp / "cache")], tmp, timeout=300)
+    server = serve_in_process(["--cache-dir", str(tmp / "cache")], tmp, timeout=300)
     yield server.url
     assert server.stop() == 0

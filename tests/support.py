@@ -1,18 +1,25 @@
-"""Test support: start the real server as a subprocess, build small real models, make images.
+"""Test support: start the real server, build small real models, make images.
 
-Nothing here mocks modelhost: servers are ``python -m modelhost.cli serve`` on 127.0.0.1 with
-a free port, and models are real ONNX files run by ONNX Runtime in real worker processes.
+Nothing here mocks modelhost. ``serve_in_process`` builds the app with modelhost's composition
+root from ``modelhost serve`` flags and serves it with uvicorn in a thread, on 127.0.0.1 with a
+free port (most tests); ``start_server`` runs ``python -m modelhost.cli serve`` as a subprocess,
+for tests about the process itself (signals, kill -9, drain, exit codes). Either way models are
+real ONNX files run by ONNX Runtime in real worker processes, reached over real HTTP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
+import itertools
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +52,10 @@ class LiveServer:
                 raise AssertionError(f"{text!r} never logged:\n{log[-4000:]}")
             time.sleep(0.05)
         return log
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def worker_pids(self) -> list[int]:
         """Direct children of the server process (its model workers)."""
@@ -127,7 +138,7 @@ def _read_url(process: subprocess.Popen, log_path: Path, timeout: float) -> str:
     raise AssertionError(f"server did not start:\n{log_path.read_text()}")
 
 
-def wait_until_ready(server: LiveServer, timeout: float = 120) -> dict:
+def wait_until_ready(server: LiveServer | InProcessServer, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     body: dict = {}
     while time.monotonic() < deadline:
@@ -135,9 +146,9 @@ def wait_until_ready(server: LiveServer, timeout: float = 120) -> dict:
         body = response.json()
         if response.status_code == 200:
             return body
-        if server.process.poll() is not None:
+        if not server.alive:
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AssertionError(f"not ready: {body}\n{server.log()}")
 
 
@@ -194,3 +205,180 @@ def halves(left=(255, 0, 0), right=(0, 0, 255), size=(200, 100)) -> Image.Image:
     image = Image.new("RGB", size, right)
     image.paste(left, (0, 0, size[0] // 2, size[1]))
     return image
+
+
+# -- in-process servers ----------------------------------------------------------------------
+
+_server_tag: contextvars.ContextVar[int | None] = contextvars.ContextVar("server", default=None)
+
+
+class _ServerLog(logging.Handler):
+    """One in-process server's log lines, as JSON lines in its own file.
+
+    Records logged inside the server's event loop (and the threads it hands work to with the
+    context copied) carry the server's tag; records from threads without one are kept too.
+    """
+
+    def __init__(self, tag: int, path: Path) -> None:
+        super().__init__(logging.DEBUG)
+        from modelhost.logs import JsonFormatter
+
+        self.tag = tag
+        self.file = path.open("a", buffering=1)
+        self.setFormatter(JsonFormatter())
+        self._lock_file = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _server_tag.get() not in (None, self.tag):
+            return
+        line = self.format(record)
+        with self._lock_file:
+            if not self.file.closed:  # a line from a thread that outlived its server
+                self.file.write(line + "\n")
+
+    def close(self) -> None:
+        """Keeps the file open: ``logging.config.dictConfig`` (uvicorn's default set-up, run by
+        any test that builds a ``uvicorn.Config``) closes every handler in the process."""
+        super().close()
+
+    def finish(self) -> None:
+        with self._lock_file:
+            self.file.close()
+        super().close()
+
+
+def settings_from_args(args: list[str], env: dict | None = None):
+    """``Settings`` from ``modelhost serve`` flags, parsed by the real CLI command and mapped
+    as it maps them."""
+    import typer
+
+    from modelhost.cli import app
+    from modelhost.cli.serve import settings_of
+
+    command = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    context = command.make_context("serve", list(args))
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        return settings_of(context.params)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class InProcessServer:
+    """The real app, built by modelhost's composition root and served by uvicorn (with
+    modelhost's drain-aware Server) in a thread of the test process, on a free 127.0.0.1 port.
+
+    The same face as ``LiveServer`` (``url``, ``client``, ``log()``, ``wait_for_log()``,
+    ``stop()``) and the same real worker processes, at a fraction of a subprocess's start-up
+    cost: no interpreter, no imports, no CLI. Use ``start_server`` where the process itself is
+    the point (signals, kill -9, drain, exit codes, the CLI). The gRPC port works here too: its
+    service has a descriptor pool of its own, so tritonclient can share the process.
+    """
+
+    _tags = itertools.count(1)
+
+    def __init__(self, settings, log_path: Path) -> None:
+        from modelhost.assembly import build_server
+
+        self.settings = settings
+        self.log_path = log_path
+        self.tag = next(self._tags)
+        self._handler = _ServerLog(self.tag, log_path)
+        root = logging.getLogger()
+        root.addHandler(self._handler)
+        # modelhost's and uvicorn's INFO lines, as `serve` logs them; the root logger keeps its
+        # level, so the test's own libraries (httpx's request lines) stay quiet
+        for name in ("modelhost", "uvicorn"):
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET or logger.level > logging.INFO:
+                logger.setLevel(logging.INFO)
+        self.url = ""
+        self._error: BaseException | None = None
+        token = _server_tag.set(self.tag)
+        try:
+            # what `modelhost serve` runs (assembly.serve), here run in a thread
+            self.server, self.core = build_server(settings)
+        except BaseException:
+            root.removeHandler(self._handler)
+            self._handler.finish()
+            raise
+        finally:
+            _server_tag.reset(token)
+        self._thread = threading.Thread(target=self._run, name=f"modelhost-{self.tag}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        _server_tag.set(self.tag)
+        with contextlib.redirect_stdout(io.StringIO()):  # the "serving on" line
+            try:
+                self.server.run()
+            except BaseException as exc:  # shown by wait_started(); stop() returns 1
+                self._error = exc
+
+    def wait_started(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not (self.server.started and self.server.url):
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"in-process server did not start ({self._error!r}):\n"
+                                     f"{self.log()[-4000:]}")
+            time.sleep(0.02)
+        self.url = self.server.url or ""
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def worker_pids(self) -> list[int]:
+        """This server's live model workers (other in-process servers have their own)."""
+        return [pid for model in list(self.core.registry.models.values())
+                for pid in model.pool.pids()]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 15) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never logged:\n{log[-4000:]}")
+            time.sleep(0.05)
+        return log
+
+    def stop(self, timeout: float = 30) -> int:
+        """Stop serving (lifespan shutdown: the registry and its workers stop); the exit status
+        ``modelhost serve`` would have had."""
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.server.force_exit = True
+            self._thread.join(10)
+        if hasattr(self, "client"):
+            self.client.close()
+        logging.getLogger().removeHandler(self._handler)
+        self._handler.finish()
+        if self._error is not None or self._thread.is_alive():
+            return 1
+        if self.core.registry.lifecycle.fatal:
+            return 1
+        return 0 if self.server.started else 1
+
+
+def serve_in_process(args: list[str], tmp: Path, *, wait_ready: bool = True,
+                     timeout: float = 120, env: dict | None = None) -> InProcessServer:
+    """``start_server``'s in-process twin: ``modelhost serve ARGS --port 0`` in this process."""
+    assert all(k.startswith("MODELHOST_") for k in env or {}), \
+        "other variables would have to reach child processes: use start_server"
+    stamp = time.monotonic_ns()
+    if "--db" not in args and "MODELHOST_DB" not in (env or {}):
+        args = [*args, "--db", f"sqlite:///{tmp / f'predictions-{stamp}.db'}"]
+    settings = settings_from_args([*args, "--port", "0"], env)
+    server = InProcessServer(settings, tmp / f"server-{stamp}.log")
+    server.wait_started(timeout)
+    if wait_ready:
+        wait_until_ready(server, timeout)
+    return server

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from modelhost.demo import DEMO_DIR
 
-from .support import free_port, rgb_model, solid, start_server
+from .support import free_port, rgb_model, serve_in_process, solid
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def server(tmp_path_factory):
     shutil.copytree(DEMO_DIR / "digits", repo / "digits")
     rgb_model(repo / "rgb")
     port = free_port()
-    live = start_server([str(repo), "--grpc-port", str(port)], tmp)
+    live = serve_in_process([str(repo), "--grpc-port", str(port)], tmp)
     live.grpc = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
     yield live
     assert live.stop() == 0

@@ -3,9 +3,9 @@
 A native upload, a V2 REST infer (JSON and binary), a V2 gRPC infer and a TF Serving predict
 each produce one log line with durations and one stored prediction whose id the client gets
 back, feedback is accepted on that id, and each refuses a quarantined input and NaN scores the
-same way. The server runs in this process (uvicorn in a thread on a loopback port, gRPC beside
-it) over a real batcher and real ONNX worker processes; the clients are real HTTP and gRPC
-clients.
+same way. The server runs in this process (``serve_in_process``: uvicorn in a thread on a
+loopback port, gRPC beside it) over a real batcher and real ONNX worker processes; the
+clients are real HTTP and gRPC clients.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,13 +24,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from modelhost.assembly import Core, build_server
+from modelhost.assembly import Core
 from modelhost.feedback.store import Store
 from modelhost.protocols import v2_grpc
-from modelhost.settings import Settings
 from modelhost.workers.pool import digest
 
-from .support import free_port, rgb_model, solid
+from .support import free_port, rgb_model, serve_in_process, solid
 
 BLUE, WHITE, BLACK = (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
@@ -66,29 +64,14 @@ def served(tmp_path_factory) -> Iterator[Served]:
     rgb_model(tmp / "models" / "rgb")
     log_model(tmp / "models" / "logs")
     db = f"sqlite:///{tmp / 'log.db'}"
-    settings = Settings(models=tmp / "models", port=free_port(), grpc_port=free_port(), db=db,
-                        cache_dir=tmp / "cache", journal_dir=tmp / "journal",
-                        max_body=20 * 2**20, replicas=1)
-    server, core = build_server(settings, loop="asyncio")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{settings.port}"
-    with httpx.Client(base_url=base, timeout=30) as client:
-        until = time.monotonic() + 120
-        while time.monotonic() < until:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the in-process server did not become ready")
-        with grpc.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
-            yield Served(client, v2_grpc.method(channel, "ModelInfer"), core, db)
-    server.should_exit = True
-    thread.join(30)
-    assert not thread.is_alive()
+    grpc_port = free_port()
+    server = serve_in_process(
+        [str(tmp / "models"), "--grpc-port", str(grpc_port), "--db", db,
+         "--cache-dir", str(tmp / "cache"), "--journal-dir", str(tmp / "journal"),
+         "--max-body", str(20 * 2**20), "--replicas", "1"], tmp)
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        yield Served(server.client, v2_grpc.method(channel, "ModelInfer"), server.core, db)
+    assert server.stop() == 0
 
 
 # -- one call per protocol: (ids the client got back) ------------------------------------------

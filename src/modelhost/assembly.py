@@ -231,7 +231,9 @@ def build_server(settings: Settings, loop: str = "uvloop") -> tuple[Server, Core
         _app(core, settings, door), host=settings.host, port=settings.port, loop=loop,
         http=http_protocol(settings), lifespan="on", log_config=None,
         access_log=settings.access_log,
-        timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
+        # uvicorn hints an int; it hands the value to asyncio.wait_for, which takes seconds as float
+        timeout_graceful_shutdown=max(1.0, settings.drain_grace),  # type: ignore[arg-type]
+        server_header=False,
     )
     server = Server(config, core.registry, grace=settings.drain_grace,
                     grpc=_grpc(core, settings, door))

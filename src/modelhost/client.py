@@ -175,10 +175,12 @@ class AsyncClient:
 
         results = await asyncio.gather(*(one(i) for i in images),
                                        return_exceptions=return_exceptions)
+        answers: list[Prediction | ModelhostError] = []
         for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, ModelhostError):
+            if not isinstance(result, Prediction | ModelhostError):
                 raise result
-        return list(results)
+            answers.append(result)
+        return answers
 
     async def models(self) -> list[dict[str, Any]]:
         return _checked(await self._http.get("/api/models"))["models"]

@@ -37,6 +37,7 @@ class ModelhostError(Exception):
 
     status: int = 500
     default_code: str = "internal_error"
+    request_id: str | None = None  # the server's, when modelhost.client raises it
 
     def __init__(self, message: str, code: str | None = None, retry_after: float | None = None,
                  headers: Mapping[str, str] | None = None):

@@ -57,8 +57,9 @@ class Guard(aio.ServerInterceptor):
             guarded, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
 
-    async def _authenticate(self, context: aio.ServicerContext) -> str:
-        """The key's name, or the call ends with UNAUTHENTICATED."""
+    async def _authenticate(self, context: aio.ServicerContext) -> str | None:
+        """The key's name, or the call ends with UNAUTHENTICATED (``context.abort`` raises, so
+        None never comes back)."""
         assert self._keys is not None
         secret = presented_secret((key, value) for key, value
                                   in context.invocation_metadata() or ()

@@ -49,9 +49,13 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
     thread holds (a ``queue.Queue`` deadlocked a server that got SIGTERM mid-log under load).
     """
 
+    def __init__(self, lines: queue.SimpleQueue[logging.LogRecord]) -> None:
+        super().__init__(lines)
+        self.lines = lines
+
     def enqueue(self, record: logging.LogRecord) -> None:
-        if self.queue.qsize() < QUEUE_LINES:
-            self.queue.put_nowait(record)
+        if self.lines.qsize() < QUEUE_LINES:
+            self.lines.put_nowait(record)
 
 
 class _LineWriter:
@@ -78,9 +82,10 @@ def configure(level: str) -> None:
     logging.raiseExceptions = False  # a failing sink must not print tracebacks to itself
     handler = _DroppingQueueHandler(queue.SimpleQueue())
     handler.setFormatter(JsonFormatter())
-    listener = logging.handlers.QueueListener(handler.queue, _LineWriter(os.dup(2)))
+    writer = _LineWriter(os.dup(2))  # duck-typed: only handle() and level are used
+    listener = logging.handlers.QueueListener(handler.lines, writer)  # type: ignore[arg-type]
     listener.start()  # a daemon thread: a stalled sink cannot keep the process alive
-    atexit.register(_flush, handler.queue)
+    atexit.register(_flush, handler.lines)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -89,7 +94,7 @@ def configure(level: str) -> None:
         logging.getLogger(name).propagate = True
 
 
-def _flush(lines: queue.SimpleQueue, within: float = 2.0) -> None:
+def _flush(lines: queue.SimpleQueue[logging.LogRecord], within: float = 2.0) -> None:
     """At exit, give the writer thread a moment to write what is queued (not forever)."""
     until = time.monotonic() + within
     while not lines.empty() and time.monotonic() < until:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .errors import StartupError
 from .inputs.pipelines import DEFAULT_INTERPOLATION
-from .types import ModelConfig, ModelInfo, Preprocessing
+from .types import Layout, ModelConfig, ModelInfo, Preprocessing
 
 DEFAULT_SIZE = 224
 _IMAGE_DTYPES = ("float32", "float16", "float64", "uint8")
@@ -84,7 +84,7 @@ def describe(prep: Preprocessing) -> str:
                else "full decode (exact)"))
 
 
-def _detect_layout(shape: tuple[int, ...]) -> str:
+def _detect_layout(shape: tuple[int, ...]) -> Layout:
     """Channels-first when dim 1 looks like a channel count, channels-last when dim 3 does."""
     if shape[1] in (1, 3):
         return "NCHW"

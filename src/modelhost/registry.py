@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from .batching.batcher import Batcher
 from .errors import NotFound, Unavailable
@@ -74,7 +74,7 @@ class RegistryView(Protocol):
 
     def served(self, name: str, version: str | None = None) -> ServedModel: ...
 
-    def readiness(self) -> tuple[bool, dict]: ...
+    def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
 
 class Registry:
@@ -107,7 +107,7 @@ class Registry:
         check_ready(model)
         return model
 
-    def readiness(self) -> tuple[bool, dict]:
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready only when not draining and every model has a live, warmed-up worker."""
         models = {
             name: {"state": m.state, "workers_ready": m.workers_ready,
@@ -124,7 +124,7 @@ class Registry:
         reason = "draining" if self.lifecycle.draining else None
         return ready, {"ready": ready, "reason": reason, "models": models}
 
-    def state_rows(self) -> list[dict]:
+    def state_rows(self) -> list[dict[str, Any]]:
         """Per-model numbers for the metrics collector."""
         return [
             {"model": n, "queue_depth": m.batcher.depth, "workers_ready": m.workers_ready,
@@ -222,7 +222,7 @@ def _check_labels(spec: ModelSpec, info: ModelInfo) -> None:
         )
 
 
-def _summary(model: ServedModel) -> dict:
+def _summary(model: ServedModel) -> dict[str, Any]:
     info, prep = model.info, model.prep
     assert info is not None and prep is not None
     return {

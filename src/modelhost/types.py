@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 # The vocabulary tables: each concept's words are listed here once; settings, modelhost.toml
 # validation and CLI help derive their choices from these (``get_args``), never a copy.
@@ -213,7 +213,7 @@ class Prediction:
     timings: Timings
     batch_size: int = 1
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "model": self.model,

@@ -12,7 +12,7 @@ from PIL import Image
 
 from modelhost.demo import DEMO_DIR
 
-from ..support import image_bytes, start_server
+from ..support import image_bytes, serve_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def test_readme_python_client_example(tmp_path, monkeypatch):
         seven[row, 7 - row] = 0
     (tmp_path / "digit.png").write_bytes(
         image_bytes(Image.fromarray(seven, "L").resize((32, 32), Image.NEAREST)))
-    server = start_server([str(DEMO_DIR / "digits")], tmp_path)
+    server = serve_in_process([str(DEMO_DIR / "digits")], tmp_path)
     try:
         monkeypatch.chdir(tmp_path)
         printed = io.StringIO()

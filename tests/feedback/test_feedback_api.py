@@ -11,14 +11,14 @@ from sqlalchemy import create_engine, select
 
 from modelhost.feedback.schema import feedback, predictions
 
-from ..support import solid, start_server
+from ..support import serve_in_process, solid
 
 RED, GREEN, BLUE = (250, 10, 10), (10, 250, 10), (10, 10, 250)
 
 
 @pytest.fixture
 def server(model_repo, db_url, tmp_path):
-    server = start_server([str(model_repo), "--db", db_url], tmp_path)
+    server = serve_in_process([str(model_repo), "--db", db_url], tmp_path)
     server.db_url = db_url  # type: ignore[attr-defined]
     yield server
     assert server.stop() == 0
@@ -126,7 +126,7 @@ def test_malformed_bodies_unknown_ids_and_lone_surrogates(repo_server):
 
 def test_new_labels_when_allowed_and_nothing_when_logging_is_off(model_repo, tmp_path):
     db = f"sqlite:///{tmp_path / 'p.db'}"
-    server = start_server([str(model_repo), "--db", db, "--allow-new-labels"], tmp_path)
+    server = serve_in_process([str(model_repo), "--db", db, "--allow-new-labels"], tmp_path)
     try:
         prediction = predict(server, RED)
         status, body = send(server, prediction["id"], {"label": "crimson"})
@@ -135,7 +135,7 @@ def test_new_labels_when_allowed_and_nothing_when_logging_is_off(model_repo, tmp
         assert server.stop() == 0
 
     quiet_db = f"sqlite:///{tmp_path / 'quiet.db'}"
-    server = start_server([str(model_repo), "--db", quiet_db, "--no-log-predictions"], tmp_path)
+    server = serve_in_process([str(model_repo), "--db", quiet_db, "--no-log-predictions"], tmp_path)
     try:
         prediction = predict(server, RED)
         status, body = send(server, prediction["id"], {"correct": True})
@@ -158,8 +158,8 @@ def test_images_are_kept_only_when_asked_and_old_rows_expire(model_repo, tmp_pat
                   "batch_size": 1}])
     store.close()
     images = tmp_path / "images"
-    server = start_server([str(model_repo), "--db", db, "--store-images", str(images),
-                           "--retention-days", "1"], tmp_path)
+    server = serve_in_process([str(model_repo), "--db", db, "--store-images", str(images),
+                               "--retention-days", "1"], tmp_path)
     try:
         picture = solid(GREEN)
         predict(server, GREEN)
@@ -180,7 +180,7 @@ def test_the_api_key_name_is_logged_never_the_secret(model_repo, tmp_path):
     keys = tmp_path / "keys.txt"
     secret = add_key(keys, "mobile-app")
     db = f"sqlite:///{tmp_path / 'log.db'}"
-    server = start_server([str(model_repo), "--db", db, "--api-keys", str(keys)], tmp_path)
+    server = serve_in_process([str(model_repo), "--db", db, "--api-keys", str(keys)], tmp_path)
     try:
         auth = {"Authorization": f"Bearer {secret}"}
         refused = server.client.post(f"/api/predictions/{'0' * 32}/feedback",

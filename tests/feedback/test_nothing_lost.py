@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, func, select
 from modelhost.feedback.schema import feedback, predictions
 
 from ..postgres import Postgres, free_port
-from ..support import COLOURS, pid_alive, solid, start_server
+from ..support import COLOURS, pid_alive, serve_in_process, solid, start_server
 
 PICTURES = {"red": (250, 10, 10), "green": (10, 250, 10), "blue": (10, 10, 250)}
 
@@ -114,7 +114,7 @@ def assert_exactly_once(load: Load, db_url: str) -> None:
 @pytest.mark.slow
 def test_postgres_stopped_mid_load_loses_nothing(model_repo, postgres, tmp_path):
     db_url = postgres.create_database("outage")
-    server = start_server([str(model_repo), "--db", db_url], tmp_path)
+    server = serve_in_process([str(model_repo), "--db", db_url], tmp_path)
     try:
         with Load(server.url) as load:
             time.sleep(1.5)
@@ -164,7 +164,7 @@ def test_a_database_that_comes_later_gets_everything(model_repo, tmp_path):
     folder = Path(tempfile.mkdtemp(prefix="modelhost-pg-"))
     late = Postgres(folder, free_port())
     db_url = late.url()
-    server = start_server([str(model_repo), "--db", db_url], tmp_path)
+    server = serve_in_process([str(model_repo), "--db", db_url], tmp_path)
     try:
         assert server.client.get("/readyz").status_code == 200  # predictions don't need it
         with Load(server.url, clients=1) as load:

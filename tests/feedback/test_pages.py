@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from ..e2e.test_page import browser, choose_model, open_page, upload  # noqa: F401 (fixture)
-from ..support import solid, start_server
+from ..support import serve_in_process, solid
 
 pytestmark = pytest.mark.browser
 
@@ -18,7 +18,7 @@ COLOURS = {"red": (250, 10, 10), "green": (10, 250, 10), "blue": (10, 10, 250)}
 @pytest.fixture(scope="module")
 def server(model_repo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pages")
-    server = start_server([str(model_repo), "--db", f"sqlite:///{tmp / 'log.db'}"], tmp)
+    server = serve_in_process([str(model_repo), "--db", f"sqlite:///{tmp / 'log.db'}"], tmp)
     yield server
     assert server.stop() == 0
 

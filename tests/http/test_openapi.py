@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from ..e2e.test_page import CHROMIUM, CHROMIUM_ARGS
-from ..support import rgb_model, start_server
+from ..support import rgb_model, serve_in_process
 
 
 def test_document_covers_native_and_protocol_routes(repo_server):
@@ -97,7 +97,7 @@ def test_schemathesis_finds_no_server_errors(tmp_path):
     config = tmp_path / "schemathesis.toml"
     config.write_text('[parameters]\n"path.model" = "rgb"\n"path.version" = "1"\n'
                       '"path.label" = "latest"\n')
-    server = start_server([str(tmp_path / "repo")], tmp_path)
+    server = serve_in_process([str(tmp_path / "repo")], tmp_path)
     try:
         done = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",

@@ -9,14 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ..support import rgb_model, start_server
+from ..support import rgb_model, serve_in_process
 
 
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("strict")
     rgb_model(tmp / "repo" / "rgb")
-    server = start_server([str(tmp / "repo"), "--timeout", "2"], tmp)
+    server = serve_in_process([str(tmp / "repo"), "--timeout", "2"], tmp)
     yield server
     assert server.stop() == 0
 
@@ -25,7 +25,7 @@ def strict_server(tmp_path_factory):
 def url_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("urls")
     rgb_model(tmp / "repo" / "rgb")
-    server = start_server([str(tmp / "repo"), "--allow-urls"], tmp)
+    server = serve_in_process([str(tmp / "repo"), "--allow-urls"], tmp)
     yield server
     assert server.stop() == 0
 

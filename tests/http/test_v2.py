@@ -11,7 +11,7 @@ import struct
 import numpy as np
 import pytest
 
-from ..support import rgb_model, solid, start_server
+from ..support import rgb_model, serve_in_process, solid
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -241,8 +241,8 @@ def test_malformed_bodies_and_unknown_models(repo_server):
 def test_v2_rows_batch_with_native_uploads(tmp_path):
     """A V2 tensor request, a V2 image request and a native upload in one model batch."""
     rgb_model(tmp_path / "repo" / "rgb")
-    server = start_server([str(tmp_path / "repo"), "--max-batch-size", "3",
-                           "--max-delay-ms", "2000"], tmp_path)
+    server = serve_in_process([str(tmp_path / "repo"), "--max-batch-size", "3",
+                               "--max-delay-ms", "2000"], tmp_path)
     c = server.client
     try:
         tensor = {"inputs": [{"name": "image", "shape": [1, 3, 9, 9], "datatype": "FP32",

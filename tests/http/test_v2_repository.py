@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from ..support import rgb_model, solid, start_server
+from ..support import rgb_model, serve_in_process, solid
 from .test_v2 import v2_error
 
 RED = (250, 10, 10)
@@ -24,7 +24,7 @@ def controlled(tmp_path):
     repo = tmp_path / "repo"
     rgb_model(repo / "rgb")
     rgb_model(repo / "other")
-    server = start_server([str(repo), "--model-control"], tmp_path)
+    server = serve_in_process([str(repo), "--model-control"], tmp_path)
     server.repo = repo  # type: ignore[attr-defined]
     yield server
     assert server.stop() == 0

@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from modelhost.demo import DEMO_DIR
 
-from ..support import image_bytes, rgb_model, solid, start_server
+from ..support import image_bytes, rgb_model, serve_in_process, solid
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def server(tmp_path_factory):
     for name in ("digits", "colors"):
         shutil.copytree(DEMO_DIR / name, repo / name)
     rgb_model(repo / "rgb")
-    live = start_server([str(repo)], tmp)
+    live = serve_in_process([str(repo)], tmp)
     yield live
     assert live.stop() == 0
 

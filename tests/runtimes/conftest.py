@@ -1,22 +1,29 @@
 """Fixtures for the runtime tests: every model format built for real, and servers serving them.
 
 The builders run as subprocesses (TensorFlow and torch take seconds to import and do not share
-the test process's warning filters); keras and torch build in parallel. Servers are started
+the test process's warning filters); keras and torch build in parallel, once per machine and
+set of framework versions (a cache keyed by them). Servers are started
 once per session: one converting everything to ONNX (``--runtime auto``), one serving each
 framework natively.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ..support import LiveServer, start_server
+from ..support import InProcessServer, serve_in_process
 from .build_models import write_images
 
 BUILDER = Path(__file__).with_name("build_models.py")
@@ -27,8 +34,41 @@ FRAMEWORK_MODELS = ("digits_keras", "digits_h5", "digits_savedmodel", "digits_fr
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
     """OUT/repo (framework models), OUT/lambda, OUT/fallback, OUT/pipelines, OUT/images,
-    OUT/expected/<model>.json (each framework's own probabilities per image)."""
-    out = tmp_path_factory.mktemp("built")
+    OUT/expected/<model>.json (each framework's own probabilities per image).
+
+    Built once per machine and kept (see ``build_cache``); each session gets its own copy.
+    """
+    out = tmp_path_factory.mktemp("built") / "models"
+    shutil.copytree(build_cache(tmp_path_factory), out, symlinks=True)
+    return out
+
+
+def build_cache(tmp_path_factory) -> Path:
+    """The built models, under a key of everything that shapes them: build_models.py and the
+    versions of the frameworks and libraries that train, export and predict. A new key builds
+    afresh (two to three minutes on 2 cores); ``MODELHOST_TEST_CACHE=off`` always does."""
+    key = hashlib.sha256(BUILDER.read_bytes())
+    for package in ("tensorflow-cpu", "tensorflow", "keras", "torch", "numpy", "scikit-learn",
+                    "pillow", "onnx", "tf2onnx", "h5py"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            key.update(f"{package}=={metadata.version(package)}\n".encode())
+    if os.environ.get("MODELHOST_TEST_CACHE") == "off":
+        return _build(tmp_path_factory.mktemp("built-fresh"))
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    target = home / "modelhost-tests" / f"built-{key.hexdigest()[:16]}"
+    if not (target / "complete").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        _build(scratch)
+        (scratch / "complete").write_text("")
+        try:
+            scratch.rename(target)
+        except OSError:  # another session finished first: theirs is as good
+            shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _build(out: Path) -> Path:
     write_images(out)
     builders = [subprocess.Popen([sys.executable, str(BUILDER), which, str(out)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -45,20 +85,20 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def auto_server(built, cache_dir, tmp_path_factory) -> LiveServer:
+def auto_server(built, cache_dir, tmp_path_factory) -> InProcessServer:
     """The framework models with ``--runtime auto``: each converted to ONNX and verified."""
     tmp = tmp_path_factory.mktemp("auto")
-    server = start_server([str(built / "repo"), "--cache-dir", str(cache_dir)], tmp,
-                          timeout=900)
+    server = serve_in_process([str(built / "repo"), "--cache-dir", str(cache_dir)], tmp,
+                              timeout=900)
     yield server
     assert server.stop() == 0
 
 
 @pytest.fixture(scope="session")
-def native_server(built, tmp_path_factory) -> LiveServer:
+def native_server(built, tmp_path_factory) -> InProcessServer:
     """The same models in their own frameworks (``--runtime native``)."""
     tmp = tmp_path_factory.mktemp("native")
-    server = start_server([str(built / "repo"), "--runtime", "native"], tmp, timeout=600)
+    server = serve_in_process([str(built / "repo"), "--runtime", "native"], tmp, timeout=600)
     yield server
     assert server.stop() == 0
 
@@ -68,7 +108,7 @@ def expected(built: Path, model: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(row) for name, row in rows.items()}
 
 
-def served(server: LiveServer, model: str, image: Path) -> np.ndarray:
+def served(server: InProcessServer, model: str, image: Path) -> np.ndarray:
     """The server's probabilities for every class, in index order."""
     response = server.client.post(f"/api/models/{model}/predict", params={"top_k": 1000},
                                   files={"image": (image.name, image.read_bytes())})
@@ -77,7 +117,7 @@ def served(server: LiveServer, model: str, image: Path) -> np.ndarray:
     return np.asarray([scores[i] for i in range(len(scores))])
 
 
-def assert_matches_framework(server: LiveServer, built: Path, model: str) -> int:
+def assert_matches_framework(server: InProcessServer, built: Path, model: str) -> int:
     """Every test image: same top-1 as the framework, probabilities within 1e-4. Returns how
     many digits were classified correctly (their true label is in the file name)."""
     correct = 0

@@ -13,7 +13,7 @@ from modelhost.repository import load_repository
 from modelhost.runtimes.convert import cache_key
 from modelhost.types import RuntimeOptions
 
-from ..support import start_server
+from ..support import serve_in_process
 from .conftest import FRAMEWORK_MODELS, assert_matches_framework
 
 
@@ -27,8 +27,8 @@ def test_conversions_are_cached_by_source_hash_and_reused(auto_server, built, ca
     before = onnx_file.stat().st_mtime_ns
     auto_server.wait_for_log("digits_h5: converting keras to ONNX")
 
-    again = start_server([str(built / "repo" / "digits_h5"), "--cache-dir", str(cache_dir)],
-                         tmp_path)
+    again = serve_in_process([str(built / "repo" / "digits_h5"), "--cache-dir", str(cache_dir)],
+                             tmp_path)
     try:
         assert_matches_framework(again, built, "digits_h5")
         runtime = again.client.get("/api/models/digits_h5").json()["runtime"]
@@ -41,8 +41,8 @@ def test_conversions_are_cached_by_source_hash_and_reused(auto_server, built, ca
 
 @pytest.mark.slow
 def test_failed_verification_serves_natively_and_says_why(built, tmp_path):
-    server = start_server([str(built / "fallback"), "--cache-dir", str(tmp_path / "cache")],
-                          tmp_path, timeout=300)
+    server = serve_in_process([str(built / "fallback"), "--cache-dir", str(tmp_path / "cache")],
+                              tmp_path, timeout=300)
     try:
         meta = server.client.get("/api/models/noisy_torch").json()
         assert meta["state"] == "ready"

@@ -12,7 +12,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ..support import rgb_model, solid, start_server
+from ..support import rgb_model, serve_in_process, solid
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_model_url_is_downloaded_once_and_served(file_server, tmp_path):
     cache = tmp_path / "cache"
     args = [f"{file_server.url}/model.onnx", "--sha256", digest, "--cache-dir", str(cache)]
     for run in range(2):
-        server = start_server(args, tmp_path)
+        server = serve_in_process(args, tmp_path)
         try:
             response = server.client.post("/api/models/model/predict",
                                           files={"image": ("g.png", solid((0, 250, 0)))})

@@ -85,6 +85,7 @@ def test_missing_framework_names_the_extra(built, tmp_path):
         (blocked / name / "__init__.py").write_text(
             f"raise ModuleNotFoundError(\"No module named '{name}'\", name={name!r})\n")
     path = f"{blocked}:{os.environ.get('PYTHONPATH', '')}"
+    # a subprocess server: the blocked path must reach its conversion and worker processes
     server = start_server([str(built / "repo" / "digits_h5"), "--keep-going", "--cache-dir",
                            str(tmp_path / "cache")], tmp_path, wait_ready=False,
                           env={"PYTHONPATH": path})

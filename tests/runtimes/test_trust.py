@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ..support import start_server
+from ..support import serve_in_process
 from .conftest import assert_matches_framework
 
 
@@ -17,8 +17,8 @@ def _errors(server) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_lambda_layer_is_refused_without_trust(built, tmp_path):
-    server = start_server([str(built / "lambda"), "--keep-going", "--runtime", "native"],
-                          tmp_path, wait_ready=False, timeout=300)
+    server = serve_in_process([str(built / "lambda"), "--keep-going", "--runtime", "native"],
+                              tmp_path, wait_ready=False, timeout=300)
     try:
         server.client.get("/readyz")  # answers once loading is over
         error = _wait_failed(server, "lambda_keras")
@@ -31,8 +31,8 @@ def test_lambda_layer_is_refused_without_trust(built, tmp_path):
 
 @pytest.mark.slow
 def test_lambda_layer_serves_with_trust(built, tmp_path):
-    server = start_server([str(built / "lambda"), "--trust-model-code", "--cache-dir",
-                           str(tmp_path / "cache")], tmp_path, timeout=300)
+    server = serve_in_process([str(built / "lambda"), "--trust-model-code", "--cache-dir",
+                               str(tmp_path / "cache")], tmp_path, timeout=300)
     try:
         assert_matches_framework(server, built, "lambda_keras")
     finally:
@@ -41,7 +41,7 @@ def test_lambda_layer_serves_with_trust(built, tmp_path):
 
 @pytest.mark.slow
 def test_pipelines_serve_with_trust(built, tmp_path):
-    server = start_server([str(built / "pipelines"), "--trust-model-code"], tmp_path)
+    server = serve_in_process([str(built / "pipelines"), "--trust-model-code"], tmp_path)
     try:
         for model in ("digits_pipeline", "digits_by_image"):
             correct = assert_matches_framework(server, built, model)
@@ -52,8 +52,8 @@ def test_pipelines_serve_with_trust(built, tmp_path):
 
 
 def test_pipeline_is_refused_without_trust(built, tmp_path):
-    server = start_server([str(built / "pipelines"), "--keep-going"], tmp_path,
-                          wait_ready=False)
+    server = serve_in_process([str(built / "pipelines"), "--keep-going"], tmp_path,
+                              wait_ready=False)
     try:
         for model in ("digits_pipeline", "digits_by_image"):
             assert "pipeline.py is Python code; modelhost runs it only if you trust it, with " \

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from ..support import rgb_model, solid, start_server
+from ..support import rgb_model, serve_in_process, solid
 
 RED = solid((250, 10, 10))
 
@@ -57,7 +57,7 @@ def test_versions_swap_under_load_without_failed_requests(tmp_path):
     repo = tmp_path / "repo"
     rgb_model(repo / "colour" / "1")
     rgb_model(repo / "other")
-    server = start_server([str(repo), "--watch"], tmp_path)
+    server = serve_in_process([str(repo), "--watch"], tmp_path)
     load = Load(server.url, "colour")
     try:
         time.sleep(1)
@@ -98,7 +98,7 @@ def test_versions_swap_under_load_without_failed_requests(tmp_path):
 def test_replaced_model_file_is_reloaded(tmp_path):
     repo = tmp_path / "repo"
     rgb_model(repo / "colour")
-    server = start_server([str(repo), "--watch"], tmp_path)
+    server = serve_in_process([str(repo), "--watch"], tmp_path)
     try:
         assert server.client.get("/api/models/colour").json()["input"]["width"] == 9
         replacement = tmp_path / "new"

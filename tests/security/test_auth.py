@@ -6,17 +6,21 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
 
 from modelhost.access.keys import KeyRing, KeysFileError, add_key
+from modelhost.cli import app
 
-from ..support import solid, start_server, wait_until_ready
+from ..support import serve_in_process, solid, wait_until_ready
 
 RED = solid((250, 10, 10))
 
 
 def cli_add_key(path, name: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "modelhost.cli", "keys", "add", name,
-                           "--file", str(path)], capture_output=True, text=True, check=True)
+    """``modelhost keys add NAME --file PATH``, run by the real command in this process (the
+    subprocess form is tested below)."""
+    done = CliRunner().invoke(app, ["keys", "add", name, "--file", str(path)])
+    assert done.exit_code == 0, done.output
     return done.stdout.strip()
 
 
@@ -25,7 +29,7 @@ def keyed(rgb_repo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auth")
     keys = tmp / "keys.txt"
     secrets = {"alice": cli_add_key(keys, "alice"), "bob": cli_add_key(keys, "bob")}
-    server = start_server([str(rgb_repo), "--api-keys", str(keys)], tmp)
+    server = serve_in_process([str(rgb_repo), "--api-keys", str(keys)], tmp)
     yield server, secrets
     assert server.stop() == 0
 
@@ -126,8 +130,8 @@ def test_secrets_never_reach_the_log(keyed):
 def test_protect_ops_closes_health_and_metrics(rgb_repo, tmp_path):
     keys = tmp_path / "keys.txt"
     secret = cli_add_key(keys, "probe")
-    server = start_server([str(rgb_repo), "--protect-ops"], tmp_path, wait_ready=False,
-                          env={"MODELHOST_API_KEYS": str(keys)})
+    server = serve_in_process([str(rgb_repo), "--protect-ops"], tmp_path, wait_ready=False,
+                              env={"MODELHOST_API_KEYS": str(keys)})
     try:
         for path in ("/healthz", "/readyz", "/metrics"):
             response = server.client.get(path)

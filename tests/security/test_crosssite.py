@@ -11,7 +11,7 @@ from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 from ..e2e.test_page import CHROMIUM, CHROMIUM_ARGS, choose_model, is_predict
-from ..support import image_bytes, rgb_model, solid, start_server
+from ..support import image_bytes, rgb_model, serve_in_process, solid
 
 EVIL_LABELS = ("<script>document.body.dataset.pwned='script'</script>",
                "<img src=x onerror=\"document.body.dataset.pwned='img'\">",
@@ -23,8 +23,8 @@ RED = solid((250, 10, 10))
 def evil_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("crosssite")
     rgb_model(tmp / "repo" / "rgb", labels=EVIL_LABELS)
-    server = start_server([str(tmp / "repo"), "--allowed-origins", "https://app.example.com"],
-                          tmp)
+    server = serve_in_process([str(tmp / "repo"), "--allowed-origins", "https://app.example.com"],
+                              tmp)
     yield server
     assert server.stop() == 0
 

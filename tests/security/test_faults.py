@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support import solid, start_server, wait_until_ready
+from ..support import serve_in_process, solid, wait_until_ready
 from . import faulty
 
 RED, GREEN = (250, 10, 10), (10, 250, 10)
@@ -22,8 +22,8 @@ LIMIT = 1536 * 2**20
 @pytest.fixture
 def server(tmp_path):
     faulty.build(tmp_path / "repo" / "faulty")
-    live = start_server([str(tmp_path / "repo"), "--replicas", "2", "--timeout", "2",
-                         "--worker-memory-limit", str(LIMIT)], tmp_path)
+    live = serve_in_process([str(tmp_path / "repo"), "--replicas", "2", "--timeout", "2",
+                             "--worker-memory-limit", str(LIMIT)], tmp_path)
     yield live
     assert live.stop() == 0
 
@@ -91,7 +91,7 @@ def test_a_poison_input_is_quarantined_after_killing_two_workers(server):
 
 def test_a_worker_that_keeps_dying_is_restarted_with_growing_backoff(tmp_path):
     faulty.build(tmp_path / "repo" / "faulty")
-    server = start_server([str(tmp_path / "repo"), "--replicas", "1"], tmp_path)
+    server = serve_in_process([str(tmp_path / "repo"), "--replicas", "1"], tmp_path)
     try:
         for _ in range(4):
             (pid,) = server.worker_pids()

@@ -8,7 +8,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from ..support import free_port, solid, start_server, wait_until_ready
+from ..support import free_port, serve_in_process, solid, wait_until_ready
 from .test_auth import cli_add_key
 
 BURST = 4  # --rate-limit 1/s --burst 4: four calls in any four seconds
@@ -20,8 +20,8 @@ def guarded(rgb_repo, tmp_path_factory):
     keys = tmp / "keys.txt"
     secrets = {name: cli_add_key(keys, name) for name in ("alice", "bob", "carol", "dave")}
     port = free_port()
-    server = start_server([str(rgb_repo), "--api-keys", str(keys), "--grpc-port", str(port),
-                           "--rate-limit", "1/s", "--burst", str(BURST)], tmp)
+    server = serve_in_process([str(rgb_repo), "--api-keys", str(keys), "--grpc-port", str(port),
+                               "--rate-limit", "1/s", "--burst", str(BURST)], tmp)
     with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
         yield server, client, secrets
     assert server.stop() == 0
@@ -84,8 +84,8 @@ def test_protect_ops_closes_the_grpc_probes_too(rgb_repo, tmp_path):
     keys = tmp_path / "keys.txt"
     secret = cli_add_key(keys, "probe")
     port = free_port()
-    server = start_server([str(rgb_repo), "--api-keys", str(keys), "--grpc-port", str(port),
-                           "--protect-ops"], tmp_path, wait_ready=False)
+    server = serve_in_process([str(rgb_repo), "--api-keys", str(keys), "--grpc-port", str(port),
+                               "--protect-ops"], tmp_path, wait_ready=False)
     try:
         server.client.headers["X-API-Key"] = secret
         wait_until_ready(server)

@@ -6,13 +6,13 @@ import pytest
 
 from modelhost.http.hosts import allowed_names, host_name
 
-from ..support import start_server
+from ..support import serve_in_process
 
 
 @pytest.fixture(scope="module")
 def named(rgb_repo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hosts")
-    server = start_server([str(rgb_repo), "--allowed-hosts", "models.example.com"], tmp)
+    server = serve_in_process([str(rgb_repo), "--allowed-hosts", "models.example.com"], tmp)
     yield server
     assert server.stop() == 0
 

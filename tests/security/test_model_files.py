@@ -29,7 +29,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ..runtimes.test_watch import Load
-from ..support import rgb_model, solid, start_server
+from ..support import rgb_model, serve_in_process, solid
 
 RED = solid((250, 10, 10))
 CLI = [sys.executable, "-m", "modelhost.cli", "serve"]
@@ -221,8 +221,8 @@ def test_keep_going_serves_the_good_model_and_reports_each_bad_one(torch_files, 
     rgb_model(repo / "good")
     expected = {kind: bad_model(kind, repo / kind, torch_files)[1]
                 for kind in ONNX_KINDS + TORCH_KINDS}
-    server = start_server([str(repo), "--keep-going", "--cache-dir", str(tmp_path / "cache")],
-                          tmp_path, wait_ready=False, timeout=240)
+    server = serve_in_process([str(repo), "--keep-going", "--cache-dir", str(tmp_path / "cache")],
+                              tmp_path, wait_ready=False, timeout=240)
     try:
         models = _wait_settled(server)
         assert models["good"]["state"] == "ready"
@@ -282,7 +282,7 @@ def test_onnx_external_data_inside_the_folder_serves(tmp_path):
     external_data_model(folder, "weights/w.bin")
     (folder / "weights").mkdir()
     (folder / "weights" / "w.bin").write_bytes((np.eye(3, dtype=np.float32) * 10).tobytes())
-    server = start_server([str(folder)], tmp_path)
+    server = serve_in_process([str(folder)], tmp_path)
     try:
         response = server.client.post("/api/models/inside/predict", files={"image": ("r", RED)})
         assert response.status_code == 200
@@ -310,7 +310,7 @@ def test_plain_exported_program_and_torchscript_serve(torch_files, tmp_path):
         (repo / name).mkdir(parents=True)
         shutil.copy(torch_files / file, repo / name / file)
         (repo / name / "labels.txt").write_text("red\ngreen\nblue\n")
-    server = start_server([str(repo), "--runtime", "native"], tmp_path, timeout=240)
+    server = serve_in_process([str(repo), "--runtime", "native"], tmp_path, timeout=240)
     try:
         for name in ("script", "exported"):
             response = server.client.post(f"/api/models/{name}/predict",
@@ -329,7 +329,7 @@ def test_plain_exported_program_and_torchscript_serve(torch_files, tmp_path):
 def test_corrupt_replacement_and_corrupt_new_version_leave_the_old_one_serving(tmp_path):
     repo = tmp_path / "repo"
     rgb_model(repo / "colour" / "1")
-    server = start_server([str(repo), "--watch"], tmp_path)
+    server = serve_in_process([str(repo), "--watch"], tmp_path)
     load = Load(server.url, "colour", clients=2)
     try:
         time.sleep(0.5)
@@ -391,7 +391,7 @@ def test_no_request_makes_the_server_load_a_model_from_a_path(rgb_repo, tmp_path
     rgb_model(canary)  # a valid model a client would like loaded
     body = json.dumps({"parameters": {"config": json.dumps({"backend": "onnxruntime"}),
                                       "file:1/model.onnx": "AAAA", "path": str(canary)}})
-    server = start_server([str(rgb_repo)], tmp_path)
+    server = serve_in_process([str(rgb_repo)], tmp_path)
     try:
         before = server.client.get("/api/models").json()
         workers = sorted(server.worker_pids())

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Request, expect
 
 from ..e2e.test_page import browser, choose_model, open_page, top_label, upload  # noqa: F401
-from ..support import solid, start_server
+from ..support import serve_in_process, solid
 from .test_auth import cli_add_key
 
 pytestmark = pytest.mark.browser
@@ -21,7 +21,7 @@ def keyed(rgb_repo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("page_keys")
     keys = tmp / "keys.txt"
     secret = cli_add_key(keys, "browser")
-    server = start_server([str(rgb_repo), "--api-keys", str(keys)], tmp)
+    server = serve_in_process([str(rgb_repo), "--api-keys", str(keys)], tmp)
     yield server, secret
     assert server.stop() == 0
 

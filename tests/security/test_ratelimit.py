@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from ..redis_server import redis_server
-from ..support import start_server
+from ..support import serve_in_process
 from .test_auth import cli_add_key
 
 
@@ -24,7 +24,7 @@ def statuses(server, n: int, headers=None) -> list[int]:
 
 
 def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(rgb_repo, tmp_path):
-    server = start_server([str(rgb_repo), "--rate-limit", "6/minute", "--burst", "3"], tmp_path)
+    server = serve_in_process([str(rgb_repo), "--rate-limit", "6/minute", "--burst", "3"], tmp_path)
     try:
         remaining = []
         for _ in range(3):
@@ -51,8 +51,8 @@ def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(rgb_repo, 
 def test_each_key_has_its_own_budget(rgb_repo, tmp_path):
     keys = tmp_path / "keys.txt"
     alice, bob = cli_add_key(keys, "alice"), cli_add_key(keys, "bob")
-    server = start_server([str(rgb_repo), "--api-keys", str(keys), "--rate-limit", "2/minute"],
-                          tmp_path)
+    server = serve_in_process([str(rgb_repo), "--api-keys", str(keys), "--rate-limit", "2/minute"],
+                              tmp_path)
     try:
         assert statuses(server, 3, {"X-API-Key": alice}) == [200, 200, 429]
         assert statuses(server, 2, {"Authorization": f"Bearer {bob}"}) == [200, 200]
@@ -64,8 +64,8 @@ def test_each_key_has_its_own_budget(rgb_repo, tmp_path):
 def test_replicas_share_one_budget_in_redis(rgb_repo, tmp_path, redis_url):
     url, process, client = redis_url
     args = [str(rgb_repo), "--rate-limit", "4/minute", "--rate-limit-storage", url]
-    first = start_server(args, tmp_path)
-    second = start_server(args, tmp_path)
+    first = serve_in_process(args, tmp_path)
+    second = serve_in_process(args, tmp_path)
     try:
         assert statuses(first, 2) + statuses(second, 2) == [200] * 4
         assert statuses(first, 1) + statuses(second, 1) == [429, 429]

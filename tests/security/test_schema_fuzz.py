@@ -7,7 +7,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from ..support import start_server
+from ..support import serve_in_process
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +15,8 @@ def fuzz_target(rgb_repo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("schema")
     images = tmp / "images"
     images.mkdir()
-    server = start_server([str(rgb_repo), "--allow-path-root", str(images), "--max-body",
-                           str(2**20)], tmp)
+    server = serve_in_process([str(rgb_repo), "--allow-path-root", str(images), "--max-body",
+                               str(2**20)], tmp)
     yield server
     assert server.stop() == 0
 

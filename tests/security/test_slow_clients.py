@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from ..support import solid, start_server
+from ..support import serve_in_process, solid
 
 RED = solid((250, 10, 10))
 
@@ -18,8 +18,8 @@ RED = solid((250, 10, 10))
 @pytest.fixture(scope="module")
 def guarded(rgb_repo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slow")
-    server = start_server([str(rgb_repo), "--header-timeout", "2", "--body-timeout", "3",
-                           "--max-connections-per-client", "8", "--timeout", "30"], tmp)
+    server = serve_in_process([str(rgb_repo), "--header-timeout", "2", "--body-timeout", "3",
+                               "--max-connections-per-client", "8", "--timeout", "30"], tmp)
     server.port = int(server.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
     yield server
     assert server.stop() == 0

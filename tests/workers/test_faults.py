@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from ..support import rgb_model, solid, start_server, wait_until_ready
+from ..support import rgb_model, serve_in_process, solid, wait_until_ready
 
 RED = (255, 0, 0)
 
@@ -18,8 +18,8 @@ RED = (255, 0, 0)
 @pytest.fixture
 def server(tmp_path):
     rgb_model(tmp_path / "repo" / "rgb", size=64)
-    live = start_server([str(tmp_path / "repo"), "--replicas", "2", "--max-queue", "8",
-                         "--timeout", "5"], tmp_path)
+    live = serve_in_process([str(tmp_path / "repo"), "--replicas", "2", "--max-queue", "8",
+                             "--timeout", "5"], tmp_path)
     yield live
     assert live.stop() == 0
 
@@ -76,7 +76,7 @@ def test_all_workers_dead_is_503_and_readyz_tells_the_truth(server):
 
 def test_hung_worker_gives_504_then_is_killed_and_replaced(tmp_path):
     rgb_model(tmp_path / "repo" / "rgb")
-    server = start_server([str(tmp_path / "repo"), "--timeout", "1"], tmp_path)
+    server = serve_in_process([str(tmp_path / "repo"), "--timeout", "1"], tmp_path)
     try:
         (pid,) = server.worker_pids()
         os.kill(pid, signal.SIGSTOP)  # a worker stuck in the model, as far as anyone can tell
@@ -99,7 +99,7 @@ def test_hung_worker_gives_504_then_is_killed_and_replaced(tmp_path):
 
 def test_request_timeout_header_shortens_the_deadline(tmp_path):
     rgb_model(tmp_path / "repo" / "rgb")
-    server = start_server([str(tmp_path / "repo")], tmp_path)
+    server = serve_in_process([str(tmp_path / "repo")], tmp_path)
     try:
         (pid,) = server.worker_pids()
         os.kill(pid, signal.SIGSTOP)
@@ -114,8 +114,8 @@ def test_request_timeout_header_shortens_the_deadline(tmp_path):
 
 def test_full_queue_is_503_overloaded_with_retry_after(tmp_path):
     rgb_model(tmp_path / "repo" / "rgb")
-    server = start_server([str(tmp_path / "repo"), "--max-queue", "2", "--timeout", "3"],
-                          tmp_path)
+    server = serve_in_process([str(tmp_path / "repo"), "--max-queue", "2", "--timeout", "3"],
+                              tmp_path)
     try:
         (pid,) = server.worker_pids()
         os.kill(pid, signal.SIGSTOP)
@@ -133,7 +133,7 @@ def test_full_queue_is_503_overloaded_with_retry_after(tmp_path):
 
 def test_a_corrupt_image_never_fails_the_good_ones_in_its_batch(tmp_path):
     rgb_model(tmp_path / "repo" / "rgb", size=32)
-    server = start_server([str(tmp_path / "repo"), "--max-batch-size", "8"], tmp_path)
+    server = serve_in_process([str(tmp_path / "repo"), "--max-batch-size", "8"], tmp_path)
     good = solid((0, 255, 0), (300, 200), fmt="PNG")
     bad = good[: len(good) // 2]  # a PNG whose header is fine and whose data ends early
 

@@ -56,8 +56,9 @@ class Limiter:
 
     def __init__(self, item: RateLimitItem, storage_url: str = "memory://") -> None:
         self.item = item
-        options = {"implementation": "redispy", "socket_timeout": 0.5,
-                   "socket_connect_timeout": 0.5} if storage_url.startswith("redis") else {}
+        options: dict[str, float | str | bool] = {
+            "implementation": "redispy", "socket_timeout": 0.5, "socket_connect_timeout": 0.5,
+        } if storage_url.startswith("redis") else {}
         try:
             storage = storage_from_string(f"async+{storage_url}", wrap_exceptions=True, **options)
         except (ConfigurationError, ValueError) as exc:

@@ -13,13 +13,14 @@ import asyncio
 import collections
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..errors import ModelhostError, Timeout, Unavailable, from_code
 from ..types import Region
 from ..workers.messages import RawTensor
-from ..workers.pool import ModelPool
+from ..workers.pool import ModelPool, Worker
 
 
 @dataclass
@@ -40,7 +41,7 @@ class _Item:
     region: Region | RawTensor
     deadline: float
     enqueued: float
-    future: asyncio.Future = field(repr=False)
+    future: asyncio.Future[BatchOutput] = field(repr=False)
 
 
 class Batcher:
@@ -54,7 +55,7 @@ class Batcher:
         self._max_queue = max_queue
         self._items: collections.deque[_Item] = collections.deque()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def depth(self) -> int:
@@ -127,14 +128,14 @@ class Batcher:
             items.append(item)
         return items
 
-    def _send(self, worker, items: list[_Item]) -> None:
+    def _send(self, worker: Worker, items: list[_Item]) -> None:
         images = [(item.data, item.region) for item in items]
         sent = asyncio.get_running_loop().time()
         future = self._pool.submit(worker, images, max(item.deadline for item in items))
         future.add_done_callback(lambda done: self._deliver(items, sent, done))
 
     @staticmethod
-    def _deliver(items: list[_Item], sent: float, done: asyncio.Future) -> None:
+    def _deliver(items: list[_Item], sent: float, done: asyncio.Future[Any]) -> None:
         if done.cancelled():
             error: BaseException | None = Unavailable("the server is shutting down", "draining")
         else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -15,6 +15,18 @@ from ..settings import Settings
 from ..types import FORMATS, PIPELINES
 
 Opt = typer.Option
+
+
+def settings_of(params: dict[str, Any]) -> Settings:
+    """``Settings`` from ``serve``'s parameters as typer passes them (unset flags left out, so
+    environment variables and defaults apply)."""
+    flags = {k: v for k, v in params.items() if v is not None and v is not False}
+    if flags.pop("no_log_predictions", False):
+        flags["log_predictions"] = False
+    models = flags.get("models")
+    if isinstance(models, str) and is_url(models):
+        flags["model_url"] = flags.pop("models")
+    return Settings(**flags)
 
 
 def serve(
@@ -92,13 +104,8 @@ def serve(
         help="Where records wait while the database is away [under the cache dir].")] = None,
 ) -> None:
     """Serve MODELS (or the demo models) over HTTP."""
-    flags = {k: v for k, v in locals().items() if v is not None and v is not False}
-    if flags.pop("no_log_predictions", False):
-        flags["log_predictions"] = False
-    if models is not None and is_url(models):
-        flags["model_url"] = flags.pop("models")
     try:
-        settings = Settings(**flags)
+        settings = settings_of(locals())
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from None
     logs.configure(settings.log_level)

@@ -102,7 +102,7 @@ def export_onnx(model: nn.Module, shape: tuple[int, int, int]) -> bytes:
         torch.onnx.export(
             model,
             (torch.zeros(1, *shape),),
-            buf,
+            buf,  # type: ignore[arg-type]  # its hint leaves out the file objects it accepts
             dynamo=False,
             opset_version=17,
             input_names=["image"],

@@ -53,7 +53,9 @@ def accuracy(judged: list[dict], predictions: int) -> dict:
 
 def per_label(judged: list[dict]) -> list[dict]:
     """Precision (of the top-1 saying L) and recall (of the images users called L)."""
-    predicted, actual, hits = Counter(), Counter(), Counter()
+    predicted: Counter[str] = Counter()
+    actual: Counter[str] = Counter()
+    hits: Counter[str] = Counter()
     for r in judged:
         predicted[r["top1"]] += 1
         if r["label"] is not None:

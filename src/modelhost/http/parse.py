@@ -183,7 +183,7 @@ def _region(options: dict) -> Region:
     x, y, crop = (_number(options, n) for n in ("x", "y", "crop"))
     if (x is None) != (y is None):
         raise InvalidInput("give both x and y, or neither")
-    if x is not None and (x < 0 or y < 0):
+    if x is not None and y is not None and (x < 0 or y < 0):
         raise InvalidInput("x and y must not be negative")
     if crop is not None and not 0 < crop <= 1:
         raise InvalidInput("crop must be a fraction in (0, 1]")

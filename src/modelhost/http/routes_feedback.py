@@ -131,4 +131,5 @@ def _utc(at: datetime | None) -> datetime | None:
 
 
 def _iso(at: datetime | None) -> str | None:
-    return _utc(at).isoformat() if at else None
+    utc = _utc(at)
+    return utc.isoformat() if utc else None

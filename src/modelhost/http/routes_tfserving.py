@@ -26,10 +26,10 @@ from ..protocols.v2 import ProtocolError
 from ..registry import ModelState, RegistryView, ServedModel
 from ..settings import Settings
 from .parse import call_of, read_body
-from .schemas import documented
+from .schemas import Responses, documented
 
 LATEST = "latest"
-_ERRORS = {status: {"model": ProtocolError} for status in (400, 404, 503)}
+_ERRORS: Responses = {status: {"model": ProtocolError} for status in (400, 404, 503)}
 
 
 def _body_doc(model: type) -> dict:
@@ -84,8 +84,11 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
                 "metadata": {"signature_def": {"signature_def": {tfs.SIGNATURE: signature}}}}
 
     async def run(found: ServedModel, batch: tfs.Batch, call: Call, route: str) -> Inference:
-        rows = (image_rows(batch.images) if batch.images is not None else
-                tensor_rows(found, model_input(found).name, batch.tensor))
+        if batch.tensor is not None:
+            rows = tensor_rows(found, model_input(found).name, batch.tensor)
+        else:
+            assert batch.images is not None  # a Batch holds one or the other
+            rows = image_rows(batch.images)
         try:
             result = await predictor.infer(found.spec.name, rows, call)
         except ModelhostError as exc:

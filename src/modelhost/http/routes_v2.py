@@ -25,12 +25,13 @@ from ..registry import ModelState, RegistryView, ServedModel
 from ..settings import Settings
 from .parse import call_of, read_body
 from .responses import JSON
+from .schemas import Responses
 
 if TYPE_CHECKING:
     from ..model_control import ModelControl
 
 _HEADER = "inference-header-content-length"
-_ERRORS = {status: {"model": v2.ProtocolError} for status in (400, 404, 503)}
+_ERRORS: Responses = {status: {"model": v2.ProtocolError} for status in (400, 404, 503)}
 INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -52,7 +53,7 @@ INDEX_BODY = {"requestBody": {"required": False, "content": {"application/json":
     "schema": {"$ref": "#/components/schemas/RepositoryIndexRequest"}}}}}
 LOAD_BODY = {"requestBody": {"required": False, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/RepositoryLoadRequest"}}}}}
-BINARY_RESPONSE = {200: {"content": {"application/octet-stream": {"schema": {
+BINARY_RESPONSE: Responses = {200: {"content": {"application/octet-stream": {"schema": {
     "type": "string", "format": "binary",
     "description": "With binary outputs: the JSON response (Inference-Header-Content-Length "
                    "bytes), then the tensors."}}}}}
@@ -206,7 +207,7 @@ def _response(model: ServedModel, request_id: str | None, wanted: list[served_v2
                   "parameters": {"prediction_id": result.ids}, "outputs": entries}
     if request_id is not None:
         body["id"] = request_id
-    head = JSON(body).body
+    head = bytes(JSON(body).body)
     ids = {"X-Prediction-Id": result.ids}
     if not any(blobs):
         return Response(head, media_type="application/json", headers=ids)

@@ -6,6 +6,8 @@ path); these models describe those bodies, and tests check live responses agains
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 
@@ -117,4 +119,8 @@ def documented(model: type[BaseModel], *statuses: int) -> dict:
             "responses": {status: {"model": model} for status in (200, *statuses)}}
 
 
-ERRORS = {status: {"model": Error} for status in (400, 404, 413, 415, 422, 429, 503, 504)}
+# FastAPI's ``responses=``: extra OpenAPI responses by status
+Responses = dict[int | str, dict[str, Any]]
+
+ERRORS: Responses = {status: {"model": Error}
+                     for status in (400, 404, 413, 415, 422, 429, 503, 504)}

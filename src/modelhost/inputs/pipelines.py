@@ -34,18 +34,20 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..types import RESAMPLES, TF_METHODS, Preprocessing
+from ..types import RESAMPLES, TF_METHODS, Preprocessing, Resample
 
 PILLOW = ("torchvision", "keras", "pillow")
 TENSORFLOW = ("tf", "keras-dataset")
-_PIL_RESAMPLE = {name: Image.Resampling[name.upper()] for name in RESAMPLES}
+_PIL_RESAMPLE: dict[str, Image.Resampling] = {name: Image.Resampling[name.upper()]
+                                              for name in RESAMPLES}
 INTERPOLATIONS: dict[str, tuple[str, ...]] = {
     "": RESAMPLES, **{name: RESAMPLES for name in PILLOW},
     **{name: TF_METHODS for name in TENSORFLOW},
 }
 # Each library's own default, so that leaving ``resample`` out means what the library meant.
-DEFAULT_INTERPOLATION = {"": "bilinear", "torchvision": "bilinear", "keras": "nearest",
-                         "pillow": "bicubic", "tf": "bilinear", "keras-dataset": "bilinear"}
+DEFAULT_INTERPOLATION: dict[str, Resample] = {
+    "": "bilinear", "torchvision": "bilinear", "keras": "nearest", "pillow": "bicubic",
+    "tf": "bilinear", "keras-dataset": "bilinear"}
 # What ``decode = "fast"`` uses in place of a TensorFlow method (it resizes with Pillow).
 _FAST_RESAMPLE = {"area": "box", "lanczos3": "lanczos", "lanczos5": "lanczos",
                   "gaussian": "bicubic", "mitchellcubic": "bicubic"}

@@ -18,6 +18,7 @@ skips the conversion.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -94,7 +95,7 @@ def cache_key(spec: ModelSpec) -> str:
     for path in files:
         digest.update(str(path.relative_to(spec.path) if spec.path.is_dir() else "").encode())
         with path.open("rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+            for block in iter(functools.partial(handle.read, 1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
 

@@ -22,6 +22,7 @@ import pickle
 import zipfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ def _torch(threads: int):
 class _TorchRuntime(ArrayRuntime):
     """Shared by both formats: an eval-mode module called without autograd."""
 
-    module = None
+    module: Any  # set by each format: a ScriptModule, or an exported program's module
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         import torch

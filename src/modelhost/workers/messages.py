@@ -110,9 +110,12 @@ Message = Start | Ready | LoadFailed | Batch | Result | BatchFailed | Stop
 def encode(header: Message, payload: bytes | np.ndarray | None = None) -> bytes:
     """One frame: the header, then the payload's raw bytes if any."""
     head = pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL)
+    body: bytes | memoryview = b""
     if isinstance(payload, np.ndarray):
-        payload = memoryview(np.ascontiguousarray(payload).reshape(-1).view(np.uint8))
-    return b"".join((_LEN.pack(len(head)), head, payload or b""))
+        body = np.ascontiguousarray(payload).reshape(-1).view(np.uint8).data
+    elif payload:
+        body = payload
+    return b"".join((_LEN.pack(len(head)), head, body))
 
 
 def decode(frame: bytes) -> tuple[Message, memoryview]:

@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import time
+from multiprocessing import shared_memory
 
 from ..errors import InternalError, InvalidInput, ModelhostError, StartupError, Unavailable
 from ..types import ModelInfo, ModelSpec, Region
@@ -74,7 +75,7 @@ class Worker:
         self._inflight: dict[int, tuple[asyncio.Future, float]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._slots = SlotPool()
-        self._slot_of: dict[int, object] = {}
+        self._slot_of: dict[int, shared_memory.SharedMemory] = {}
         self._ready: asyncio.Future[Ready] = self._loop.create_future()
         self.exited: asyncio.Future[int | None] = self._loop.create_future()
         self.pid: int | None = None
@@ -266,8 +267,10 @@ class ModelPool:
             await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
             raise errors[0] if isinstance(errors[0], LoadError) else LoadError(str(errors[0]))
         self.load_seconds = time.perf_counter() - started
-        self.info = results[0].info
-        self._workers = workers
+        ready = results[0]
+        assert isinstance(ready, Ready)
+        self.info = ready.info
+        self._workers = list(workers)
         self._tasks = [asyncio.create_task(self._supervise(i)) for i in range(self._replicas)]
         self._tasks.append(asyncio.create_task(self._watch_hangs()))
         return self.info

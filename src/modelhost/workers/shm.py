@@ -37,8 +37,10 @@ class SlotPool:
         else:
             self._free.remove(slot)
         offset = 0
+        buf = slot.buf
+        assert buf is not None  # None only once closed
         for part in parts:
-            slot.buf[offset : offset + len(part)] = part
+            buf[offset : offset + len(part)] = part
             offset += len(part)
         return slot
 
@@ -71,10 +73,11 @@ class Attachments:
             slot = shared_memory.SharedMemory(name)
             # The server owns and unlinks the block; without this the worker's resource
             # tracker would unlink it too, or warn about a "leak" at exit.
-            resource_tracker.unregister(slot._name, "shared_memory")
+            resource_tracker.unregister(slot._name, "shared_memory")  # type: ignore[attr-defined]
             self._open[name] = slot
             while len(self._open) > self._keep:
                 with contextlib.suppress(BufferError):  # a view of it may still be alive
                     self._open.popitem(last=False)[1].close()
         self._open.move_to_end(name)
+        assert slot.buf is not None  # None only once closed
         return slot.buf[:size]

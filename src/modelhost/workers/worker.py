@@ -119,8 +119,13 @@ def _serve(conn: Connection, runtime: Runtime, prep: Preprocessing, start: Start
 def _run(runtime: Runtime, prep: Preprocessing, start: Start, batch: Batch, payload) -> bytes:
     """Decode each image on its own (a bad one fails alone), then run the good ones together."""
     max_pixels = start.max_pixels
-    tensors, ok, errors, decode_ms, digests = [], [], [], [], []
-    takes_images = runtime.takes_images  # a pipeline.py that wants PIL images
+    rows: list[np.ndarray] = []
+    images: list[Image.Image] = []  # instead, for a pipeline.py that wants PIL images
+    ok: list[int] = []
+    errors: list[tuple[int, str, str]] = []
+    decode_ms: list[float] = []
+    digests: list[str] = []
+    takes_images = runtime.takes_images
     for index, item in enumerate(batch.items):
         started = time.perf_counter()
         try:
@@ -129,8 +134,10 @@ def _run(runtime: Runtime, prep: Preprocessing, start: Start, batch: Batch, payl
             # loop's time per request at the tiny model's rate (benchmarks/prediction_log.py).
             # Only with a prediction log: nothing else reads the digest.
             digests.append(hashlib.sha256(data).hexdigest() if start.hash_inputs else "")
-            tensors.append(_image(data, item.region, prep, max_pixels) if takes_images
-                           else _row(data, prep, item.region, max_pixels))
+            if takes_images:
+                images.append(_image(data, item.region, prep, max_pixels))
+            else:
+                rows.append(_row(data, prep, item.region, max_pixels))
             ok.append(index)
         except ModelhostError as exc:
             errors.append((index, exc.code, exc.message))
@@ -138,11 +145,11 @@ def _run(runtime: Runtime, prep: Preprocessing, start: Start, batch: Batch, payl
             errors.append((index, "image_decode_failed", "the image could not be decoded"))
         decode_ms.append((time.perf_counter() - started) * 1000)
     output, elapsed = np.zeros((0, 0), np.float32), 0.0
-    if tensors:
+    if ok:
         started = time.perf_counter()
         try:
-            output = np.asarray(runtime.predict_images(tensors) if takes_images
-                                else runtime.predict(np.stack(tensors)))
+            output = np.asarray(runtime.predict_images(images) if takes_images
+                                else runtime.predict(np.stack(rows)))
         except Exception as exc:
             return encode(BatchFailed(batch.batch_id, "model_failed", _describe(exc)))
         elapsed = (time.perf_counter() - started) * 1000
@@ -160,7 +167,8 @@ def _row(data, prep: Preprocessing, region: Region | RawTensor, max_pixels: int)
     return to_tensor(data, prep, region, max_pixels)
 
 
-def _image(data, region: Region | RawTensor, prep: Preprocessing, max_pixels: int):
+def _image(data, region: Region | RawTensor, prep: Preprocessing,
+           max_pixels: int) -> Image.Image:
     """One decoded image for a pipeline.py that takes images (it has no tensor shape)."""
     if isinstance(region, RawTensor):
         raise InvalidInput("this model takes images, not tensors")
