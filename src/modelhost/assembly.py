@@ -31,7 +31,9 @@ from .inputs.urlfetch import UrlFetcher
 from .metrics import Metrics
 from .model_control import ModelControl
 from .repository import load_repository
+from .runtimes import providers
 from .runtimes.convert import prepare
+from .runtimes.quantize import PrecisionError, int8_spec
 from .service import PredictionService, ServedModel
 from .settings import ConfigError, Settings
 from .types import ModelSpec, RuntimeOptions
@@ -45,7 +47,7 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
     """The models to serve: the given file or folder, or the demo models."""
     root = model_root(settings)
     if root is None:
-        return demo_specs(settings.cache_dir)
+        return [accelerated(s, s, settings) for s in demo_specs(settings.cache_dir)]
     return [_prepared(s, settings) for s in _scan(root, settings)]
 
 
@@ -63,7 +65,31 @@ def _scan(root: Path, settings: Settings) -> list[ModelSpec]:
 
 
 def _prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:
-    return prepare(spec, settings.cache_dir, settings.convert_timeout)
+    return accelerated(spec, prepare(spec, settings.cache_dir, settings.convert_timeout),
+                        settings)
+
+
+def accelerated(source: ModelSpec, served: ModelSpec, settings: Settings) -> ModelSpec:
+    """``served`` with ``--providers``/``--precision`` applied, and its INT8 file when
+    precision is int8 (verified for these FP32 bytes, recorded beside ``source``)."""
+    changes = {"precision": settings.precision} if settings.precision else {}
+    if settings.providers:
+        try:
+            changes["providers"] = providers.parse(settings.providers)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    spec = replace(served, config=replace(served.config, **changes)) if changes else served
+    wanted = [str(p) for p in spec.config.providers if p.name != "cpu"]
+    if (wanted or spec.config.precision == "int8") and spec.format != "onnx":
+        raise ConfigError(f"{spec.name}: providers {wanted} and precision "
+                          f"{spec.config.precision} need an ONNX model; this one runs on "
+                          f"{spec.runtime_note or spec.format} (use --runtime auto or onnx)")
+    if spec.config.precision != "int8":
+        return spec
+    try:
+        return int8_spec(spec, source.path.parent)
+    except PrecisionError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _watcher(settings: Settings, service: PredictionService) -> RepositoryWatcher | None:

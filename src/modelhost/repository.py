@@ -19,6 +19,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .runtimes import providers
 from .types import ModelConfig, ModelSpec
 
 MODEL_SUFFIXES = {
@@ -191,12 +192,15 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "output": {"kind": "output_kind", "top_k": "top_k"},
     "batching": {"max_batch_size": "max_batch_size", "max_delay_ms": "max_delay_ms"},
     "workers": {"replicas": "replicas", "threads": "threads"},
+    "runtime": {"providers": "providers", "tolerance": "tolerance", "precision": "precision",
+                "replicas_per_gpu": "replicas_per_gpu", "gpu_memory_mb": "gpu_memory_mb"},
 }
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "layout": ("NCHW", "NHWC"),
     "scaling": ("none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"),
     "resample": ("nearest", "box", "bilinear", "bicubic", "lanczos"),
     "output_kind": ("auto", "logits", "probabilities"),
+    "precision": ("fp32", "int8"),
 }
 
 
@@ -239,6 +243,15 @@ def _checked(path: Path, where: str, field_name: str, value: Any) -> Any:
         if field_name == "std" and any(v == 0 for v in value):
             raise bad("std must not be zero")
         return tuple(float(v) for v in value)
+    if field_name == "providers":
+        try:
+            return providers.from_toml(value)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+    if field_name == "tolerance":
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise bad("expected a largest |Δp| between 0 and 1")
+        return float(value)
     if field_name == "bgr":
         if not isinstance(value, bool):
             raise bad("expected true or false")
@@ -251,7 +264,7 @@ def _checked(path: Path, where: str, field_name: str, value: Any) -> Any:
     if kinds.get(field_name) in ("int", int):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise bad("expected a non-negative integer")
-        if field_name in ("max_batch_size", "replicas", "top_k") and value < 1:
+        if field_name in ("max_batch_size", "replicas", "top_k", "replicas_per_gpu") and value < 1:
             raise bad("expected at least 1")
     if field_name == "max_delay_ms" and (not isinstance(value, int | float) or value < 0):
         raise bad("expected a non-negative number of milliseconds")

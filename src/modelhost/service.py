@@ -106,6 +106,8 @@ class PredictionService:
         model.info, model.state = info, "ready"
         model.batcher.start()
         log.info("model %s loaded", model.spec.name, extra={"fields": _summary(model)})
+        if "serving on cpu" in info.provider_note:  # the listed fallback: said, never silent
+            log.warning("model %s: %s", model.spec.name, info.provider_note)
 
     # -- live repository (--watch) ---------------------------------------------------------
 
@@ -174,7 +176,10 @@ class PredictionService:
         """Per-model numbers for the metrics collector."""
         return [
             {"model": n, "queue_depth": m.batcher.depth, "workers_ready": m.pool.ready_workers,
-             "load_seconds": m.pool.load_seconds, "restarts": m.pool.restarts}
+             "load_seconds": m.pool.load_seconds, "restarts": m.pool.restarts,
+             "version": m.spec.version, "format": m.spec.source_format or m.spec.format,
+             "precision": m.spec.config.precision,
+             "providers": ",".join(sorted({p["provider"] for p in m.pool.providers()}))}
             for n, m in self.models.items()
         ]
 
@@ -377,5 +382,7 @@ def _summary(model: ServedModel) -> dict:
         "preprocessing": {"size": list(prep.size), "layout": prep.layout,
                           "scaling": prep.scaling, "resize": prep.resize},
         "workers": model.pool.ready_workers,
+        "providers": [p["provider"] for p in model.pool.providers()],
+        "provider_note": info.provider_note, "precision": model.spec.config.precision,
     }
 

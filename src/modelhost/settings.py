@@ -134,6 +134,14 @@ class Settings(BaseSettings):
         "auto", description="auto: convert Keras/TF/torch models to ONNX when verified; "
         "native: the framework's own runtime; onnx: conversion required."
     )
+    providers: str | None = Field(
+        None, description="ONNX Runtime execution providers in order, e.g. openvino,cpu or "
+        "cuda:device_id=0,cpu (overrides [runtime] providers); a later cpu is the only fallback."
+    )
+    precision: Literal["fp32", "int8"] | None = Field(
+        None, description="int8: serve the file `modelhost optimize --int8` wrote and verified "
+        "(overrides [runtime] precision)."
+    )
     trust_model_code: bool = Field(
         False, description="Allow Python code inside models (Lambda layers, pipeline.py)."
     )

@@ -57,6 +57,18 @@ class Region:
 
 
 @dataclass(frozen=True)
+class ProviderSpec:
+    """One ONNX Runtime execution provider asked for: a short name (cpu, openvino, cuda,
+    tensorrt) and its options as ONNX Runtime takes them (strings), e.g. device_type=CPU."""
+
+    name: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return ":".join([self.name, *(f"{k}={v}" for k, v in self.options)])
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """What ``modelhost.toml`` may say about a model; every field is optional there."""
 
@@ -75,6 +87,11 @@ class ModelConfig:
     replicas: int = 1
     threads: int = 0
     output_kind: Literal["auto", "logits", "probabilities"] = "auto"
+    providers: tuple[ProviderSpec, ...] = ()  # [runtime]: tried in order; () is the CPU
+    tolerance: float = 1e-3  # largest |Δp| a non-CPU provider may differ from the CPU by
+    precision: Literal["fp32", "int8"] = "fp32"  # int8: the verified `modelhost optimize` file
+    replicas_per_gpu: int = 1
+    gpu_memory_mb: int = 0  # device memory cap per worker (0: the provider's default)
 
 
 @dataclass(frozen=True)
@@ -125,6 +142,8 @@ class ModelInfo:
     producer: str = ""
     scaling: Scaling | None = None  # "none" when the model scales its own input (Rescaling)
     graph: tuple[tuple[str, str, str], ...] = ()  # every op (name, type, shape): frozen graphs
+    provider: str = ""  # the execution provider in use (cpu, openvino, cuda…); "" if not ONNX
+    provider_note: str = ""  # how it was chosen: verification figures, or why CPU serves
 
 
 @dataclass(frozen=True)

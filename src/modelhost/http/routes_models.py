@@ -29,6 +29,8 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
             if prep else None
         ),
         "workers_ready": model.pool.ready_workers,
+        "precision": model.spec.config.precision,
+        "providers": model.pool.providers(),
     }
     if labels:
         body["label_names"] = list(model.spec.labels)
