@@ -20,7 +20,7 @@ from ..postprocess import probabilities, top_k
 from ..preprocessing import resolve
 from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, UntrustedCode, first_line, load_runtime
-from ..runtimes.convert import CONVERTIBLE
+from ..runtimes.convert import CONVERTIBLE, ConversionError, prepare
 from ..runtimes.providers import ProviderError
 from ..settings import ConfigError, Settings
 from ..types import ModelSpec, Region, RuntimeOptions
@@ -158,13 +158,20 @@ def inspect(
 
 
 def _accelerated(spec: ModelSpec, providers: str | None, precision: str | None) -> ModelSpec:
-    """``spec`` with ``--providers``/``--precision`` (and ``[runtime]``) applied, as served."""
+    """``spec`` with ``--providers``/``--precision`` (and ``[runtime]``) applied, as served: a
+    Keras/TF/torch model is converted to ONNX (cached) when acceleration is asked for."""
     from ..assembly import accelerated  # the server's own rule; fastapi loads only here
 
     try:
         settings = Settings(providers=providers, precision=precision)
-        return accelerated(spec, spec, settings)
-    except (ValidationError, ConfigError) as exc:
+        served = spec
+        if spec.format in CONVERTIBLE and (settings.providers or settings.precision == "int8"
+                                           or spec.config.precision == "int8"
+                                           or spec.config.providers):
+            served = prepare(replace(spec, options=replace(spec.options, runtime="onnx")),
+                             settings.cache_dir, settings.convert_timeout)
+        return accelerated(spec, served, settings)
+    except (ValidationError, ConfigError, ConversionError) as exc:
         raise typer.BadParameter(first_line(exc)) from None
 
 
