@@ -116,8 +116,8 @@ def _ratios(report: dict[str, Any]) -> None:
     base = next((c for c in rows if c["name"] == "cpu/fp32"), None)
     limit = report["limit"]["batch1"]["rps"]
     for row in rows:
-        rps = row["levels"]["c16"]["throughput_rps"]
-        row["vs_cpu_fp32"] = rps / base["levels"]["c16"]["throughput_rps"] if base else None
+        rps = row["levels"]["c16"]["rps"]
+        row["vs_cpu_fp32"] = rps / base["levels"]["c16"]["rps"] if base else None
         row["vs_limit"] = rps / limit
 
 
@@ -132,7 +132,7 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"{row['name']:<16} failed: {row['error'][:100]}")
             continue
         c16, c1 = row["levels"]["c16"], row["levels"]["c1"]
-        print(f"{row['name']:<16}{c16['throughput_rps']:>10.1f}{row['vs_cpu_fp32']:>12.2f}"
+        print(f"{row['name']:<16}{c16['rps']:>10.1f}{row['vs_cpu_fp32']:>12.2f}"
               f"{row['vs_limit']:>9.2f}{c1['latency_ms']['p50']:>11.1f}"
               f"{row['load_average_before']:>6.1f}")
 

@@ -217,6 +217,10 @@ def open_session(path: Path, options, spec: ProviderSpec, gpu_memory_mb: int = 0
 
     name = ORT_NAMES[spec.name]
     provider_options = dict(spec.options)
+    if spec.name == "openvino" and options.intra_op_num_threads:
+        # OpenVINO ignores ONNX Runtime's thread count and takes every core: two such workers
+        # on 2 cores served 20 req/s at concurrency 16 where the CPU provider's served 57
+        provider_options.setdefault("num_of_threads", str(options.intra_op_num_threads))
     if spec.name == "cuda" and gpu_memory_mb:
         provider_options.setdefault("gpu_mem_limit", str(gpu_memory_mb * 2**20))
     if spec.name == "cpu":
