@@ -79,17 +79,27 @@ def accelerated(source: ModelSpec, served: ModelSpec, settings: Settings) -> Mod
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     spec = replace(served, config=replace(served.config, **changes)) if changes else served
-    wanted = [str(p) for p in spec.config.providers if p.name != "cpu"]
-    if (wanted or spec.config.precision == "int8") and spec.format != "onnx":
-        raise ConfigError(f"{spec.name}: providers {wanted} and precision "
-                          f"{spec.config.precision} need an ONNX model; this one runs on "
-                          f"{spec.runtime_note or spec.format} (use --runtime auto or onnx)")
+    asked = _acceleration(spec)
+    if asked and spec.format != "onnx":
+        raise ConfigError(f"{spec.name}: {asked} needs an ONNX model; this one runs on "
+                          f"{spec.runtime_note or spec.format + ' runtime'} (convert it: "
+                          "--runtime auto or onnx)")
     if spec.config.precision != "int8":
         return spec
     try:
         return int8_spec(spec, source.path.parent)
     except PrecisionError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _acceleration(spec: ModelSpec) -> str:
+    """What of ``spec``'s configuration only ONNX Runtime can do ('' when nothing)."""
+    parts = []
+    if any(p.name != "cpu" for p in spec.config.providers):
+        parts.append("providers " + ",".join(str(p) for p in spec.config.providers))
+    if spec.config.precision == "int8":
+        parts.append("precision int8")
+    return " with ".join(parts)
 
 
 def _watcher(settings: Settings, service: PredictionService) -> RepositoryWatcher | None:

@@ -346,3 +346,12 @@ def test_optimize_int8_on_a_keras_model_and_predict_with_it(
                             .reshape(-1), spec.config.output_kind)
         assert top[0]["index"] == int(keras[image.name].argmax()), image.name
         assert top[0]["score"] == pytest.approx(float(own.max()), abs=2e-6), image.name
+
+
+def test_acceleration_of_a_model_served_by_its_framework_is_refused(built: Path) -> None:
+    done = run_cli("serve", str(built / "repo" / "digits_keras"), "--runtime", "native",
+                   "--providers", "openvino,cpu", "--port", "0", "--no-log-predictions")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "modelhost: digits_keras: providers openvino,cpu needs an ONNX model; this one runs on "
+        "keras runtime (--runtime native) (convert it: --runtime auto or onnx)"]
