@@ -217,6 +217,13 @@ def test_cuda_then_cpu_serves_int8_on_the_cpu_and_says_so(
         for name, probs in got.items():
             assert np.max(np.abs(probs - int8[name])) <= 2e-6, name
             assert int(probs.argmax()) == int(fp32[name].argmax()), name
+        out = tmp_path / "bench.json"
+        done = run_cli("bench", server.url, str(photos / "photo-2.jpg"), "--model", "imagenet",
+                       "-c", "1", "--duration", "0.5", "--warmup", "0", "--json", str(out))
+        assert done.returncode == 0, done.stderr
+        assert "imagenet: int8 on cpu, cpu" in done.stdout
+        served_as = json.loads(out.read_text())["served"]
+        assert [w["provider"] for w in served_as["providers"]] == ["cpu", "cpu"]
     finally:
         assert server.stop() == 0
 
