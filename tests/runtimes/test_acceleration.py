@@ -63,6 +63,16 @@ def photos(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def optimized(imagenet: Path, photos: Path, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the demo after ``modelhost optimize --int8 --samples PHOTOS``, and what the
+    command printed (run once: quantising and measuring take ~10 s)."""
+    folder = copy_model(imagenet, tmp_path_factory.mktemp("optimized") / "imagenet")
+    done = run_cli("optimize", str(folder), "--int8", "--samples", str(photos))
+    assert done.returncode == 0, done.stderr
+    return folder, done.stdout
+
+
+@pytest.fixture(scope="module")
 def openvino_python() -> str:
     """An interpreter whose ONNX Runtime has the OpenVINO provider: this one, or the one
     .ci/run makes and names in MODELHOST_TEST_OPENVINO_PYTHON."""
@@ -187,13 +197,13 @@ def test_cuda_without_a_gpu_stops_the_start_with_one_line(imagenet: Path, tmp_pa
 
 
 def test_cuda_then_cpu_serves_int8_on_the_cpu_and_says_so(
-        imagenet: Path, photos: Path, tmp_path: Path) -> None:
+        imagenet: Path, photos: Path, optimized: tuple[Path, str], tmp_path: Path) -> None:
     folder = copy_model(imagenet, tmp_path / "imagenet",
                         '\n[runtime]\nproviders = ["cuda", "cpu"]\nprecision = "int8"\n')
     refused = start_server_failing(folder, tmp_path)
     assert 'precision = "int8" but optimize.json is missing' in refused
-    done = run_cli("optimize", str(folder), "--int8", "--samples", str(photos))
-    assert done.returncode == 0, done.stderr
+    for name in ("model.int8.onnx", "optimize.json"):  # what `optimize` wrote (test below)
+        shutil.copy(optimized[0] / name, folder / name)
     server = start_server([str(folder), "--no-log-predictions"], tmp_path)
     try:
         model = server.client.get("/api/models/imagenet").json()
@@ -234,6 +244,29 @@ def start_server_failing(folder: Path, tmp_path: Path) -> str:
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     return done.stderr
+
+
+NVIDIA = Path("/proc/driver/nvidia/gpus")  # the kernel driver's list: a GPU is present
+
+
+@pytest.mark.skipif(not (NVIDIA.is_dir() and any(NVIDIA.iterdir())),
+                    reason="no NVIDIA GPU on this machine (the CPU-side rules are tested above)")
+def test_cuda_serves_the_cpu_answers_on_the_gpu(imagenet: Path, photos: Path,
+                                                tmp_path: Path) -> None:
+    """Runs only where a GPU exists; there a missing onnxruntime-gpu fails it, by design."""
+    folder = copy_model(imagenet, tmp_path / "imagenet",
+                        "\n[runtime]\nproviders = [\"cuda\"]\ngpu_memory_mb = 1024\n")
+    server = start_server([str(folder), "--replicas", "1", "--no-log-predictions"], tmp_path)
+    try:
+        workers = server.client.get("/api/models/imagenet").json()["providers"]
+        assert [w["provider"] for w in workers] == ["cuda"]
+        assert "GPU 0, device memory cap 1024 MiB" in workers[0]["note"]
+        got, cpu = served(server, photos), reference(folder / "model.onnx", folder, photos)
+        for name, probs in got.items():
+            assert int(probs.argmax()) == int(cpu[name].argmax()), name
+            assert np.max(np.abs(probs - cpu[name])) <= 1e-3, name
+    finally:
+        assert server.stop() == 0
 
 
 # -- OpenVINO on this CPU ------------------------------------------------------------------------
@@ -284,10 +317,8 @@ def test_refused_openvino_falls_back_to_a_listed_cpu(imagenet: Path, openvino_py
 
 
 def test_optimize_int8_measures_agreement_and_speed_and_records_them(
-        imagenet: Path, photos: Path, tmp_path: Path) -> None:
-    folder = copy_model(imagenet, tmp_path / "imagenet")
-    done = run_cli("optimize", str(folder), "--int8", "--samples", str(photos))
-    assert done.returncode == 0, done.stderr
+        optimized: tuple[Path, str], photos: Path) -> None:
+    folder, printed = optimized
     record = json.loads((folder / "optimize.json").read_text())
     assert record["passed"] and record["samples"] == 6
     assert record["top1_agreement"] >= 0.99
@@ -300,7 +331,7 @@ def test_optimize_int8_measures_agreement_and_speed_and_records_them(
     assert all(fp32[n].argmax() == int8[n].argmax() for n in fp32)
     worst = max(float(np.max(np.abs(fp32[n] - int8[n]))) for n in fp32)
     assert worst == pytest.approx(record["max_dp"], rel=1e-4)
-    assert "top-1 agreement with FP32" in done.stdout
+    assert "top-1 agreement with FP32" in printed
 
 
 def test_optimize_refuses_below_the_threshold_and_writes_nothing(

@@ -148,12 +148,7 @@ def unavailable(spec: ProviderSpec) -> str | None:
     import onnxruntime as ort
 
     if spec.name == "cpu" or ORT_NAMES[spec.name] in ort.get_available_providers():
-        if spec.name in GPU_PROVIDERS and not gpu_count():
-            pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
-            return (f"{spec.name}: ONNX Runtime {ort.__version__} has the provider but its device "
-                    "query finds no GPU" + (f" (this worker is pinned to GPU {pinned})"
-                                            if pinned else " on this machine"))
-        return None
+        return None  # whether it really starts on a device, open_session checks
     if spec.name == "openvino":
         return _plugin_problem()
     return (f"{spec.name}: not available in ONNX Runtime {ort.__version__} here (it has "
@@ -194,6 +189,14 @@ def _openvino_devices() -> list | None:
     return [d for d in ort.get_ep_devices() if d.ep_name == name]
 
 
+def _gpus(spec: ProviderSpec) -> str:
+    """For a GPU provider: what the device query found and where this worker is pinned."""
+    if spec.name not in GPU_PROVIDERS:
+        return ""
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+    return f"; ONNX Runtime's device query lists {gpu_count()} GPU(s), this worker sees {pinned}"
+
+
 def gpu_count() -> int:
     """GPUs in ONNX Runtime's own device query (no nvidia-smi): distinct GPU devices that any
     execution provider of this ONNX Runtime is offered."""
@@ -203,7 +206,8 @@ def gpu_count() -> int:
         devices = ort.get_ep_devices()
     except AttributeError:  # ONNX Runtime before 1.22 has no device query
         return 0
-    return len({(d.device.vendor_id, d.device.device_id, d.device.metadata.get("pci_bus_id", ""))
+    return len({(d.device.vendor_id, d.device.device_id,
+                 dict(d.device.metadata).get("pci_bus_id", ""))
                 for d in devices if d.device.type == ort.OrtHardwareDeviceType.GPU})
 
 
@@ -239,7 +243,8 @@ def open_session(path: Path, options, spec: ProviderSpec, gpu_memory_mb: int = 0
         raise ProviderError(f"{spec}: ONNX Runtime could not start it: {_reason(exc)}") from None
     if session.get_providers()[0] != name:
         raise ProviderError(f"{spec}: ONNX Runtime started {session.get_providers()[0]} instead "
-                            "(the device or an option was refused; see its log above)")
+                            "(the device or an option was refused; see its log above)"
+                            + _gpus(spec))
     return session
 
 
