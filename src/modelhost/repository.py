@@ -124,8 +124,9 @@ def _model_file(folder: Path) -> Path | None:
     for name in ("pipeline.py", "model.py"):
         if (folder / name).is_file():
             return folder / name
-    candidates = sorted(p for p in folder.iterdir()
-                        if p.is_file() and p.suffix != ".py" and _format_of(p))
+    candidates = sorted(p for p in folder.iterdir()  # not the INT8 copy `optimize` writes
+                        if p.is_file() and p.suffix != ".py" and not p.name.endswith(".int8.onnx")
+                        and _format_of(p))
     return candidates[0] if len(candidates) == 1 else None
 
 

@@ -171,6 +171,15 @@ def test_runtime_section_of_modelhost_toml(tmp_path: Path) -> None:
             config.gpu_memory_mb) == (1e-4, "int8", 2, 2048)
 
 
+def test_an_int8_copy_beside_the_model_is_not_taken_for_a_second_model(tmp_path: Path) -> None:
+    folder = tmp_path / "cats"
+    folder.mkdir()
+    digits = Path(__file__).parents[2] / "src/modelhost/demo/digits/model.onnx"
+    shutil.copy(digits, folder / "cats.onnx")
+    shutil.copy(digits, folder / "cats.int8.onnx")
+    assert load_repository(folder)[0].path == folder / "cats.onnx"
+
+
 def test_each_replica_is_pinned_to_one_gpu_only_with_a_gpu_provider() -> None:
     gpu = ModelConfig(providers=parse("cuda,cpu"), replicas_per_gpu=2)
     assert [device_env(slot, gpu) for slot in range(4)] == [

@@ -87,10 +87,10 @@ def optimize_int8(spec: ModelSpec, folder: Path, inputs: np.ndarray, calibrate: 
                   threads: int = 0) -> Report:
     """Quantise ``spec`` (an ONNX model), measure it on ``inputs`` (prepared as requests are)
     and, when top-1 agreement ≥ ``min_agreement``, publish it as ``out`` (default
-    ``folder/model.int8.onnx``) with ``folder/optimize.json``. The report, passed or not."""
+    ``folder/<stem>.int8.onnx``) with ``folder/optimize.json``. The report, passed or not."""
     import onnxruntime as ort
 
-    out = out or folder / INT8_NAME
+    out = out or folder / f"{spec.path.stem}.int8.onnx"
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=folder) as work:
         candidate = Path(work) / INT8_NAME
         method = _quantize(spec.path, candidate, inputs if calibrate else None)
@@ -192,7 +192,7 @@ def int8_spec(spec: ModelSpec, folder: Path) -> ModelSpec:
     except (OSError, ValueError):
         raise PrecisionError(f"{spec.name}: precision = \"int8\" but {record_path.name} is "
                              f"missing or unreadable in the model's folder; {again}") from None
-    int8 = folder / record.get("int8_file", INT8_NAME)
+    int8 = folder / str(record.get("int8_file", INT8_NAME))
     if record.get("fp32_sha256") != sha256(spec.path) or not record.get("passed"):
         raise PrecisionError(f"{spec.name}: precision = \"int8\" but {record_path.name} was made "
                              f"for another version of the model (SHA-256 differs); {again}")
