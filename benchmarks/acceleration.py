@@ -98,10 +98,19 @@ def _configuration(folder: Path, provider: str, precision: str, python: str, jpe
                 run._print_level(result)
                 levels[f"c{concurrency}"] = result.to_dict()
     except RuntimeError as exc:
-        print(f"  failed: {exc}", flush=True)
-        return {"name": name, "error": str(exc).splitlines()[0], "load_average_before": load}
+        reason = _refusal(str(exc))
+        print(f"  failed: {reason}", flush=True)
+        return {"name": name, "error": reason, "load_average_before": load}
     return {"name": name, "provider": provider, "precision": precision,
             "served_by": info, "levels": levels, "load_average_before": load}
+
+
+def _refusal(text: str) -> str:
+    """The server's one-line reason (a provider refused, say) from its log tail."""
+    for line in text.splitlines():
+        if '"level":"error"' in line:
+            return json.loads(line)["msg"].split(" failed to load: ")[-1]
+    return text.splitlines()[0]
 
 
 def _model(base: str) -> list[dict]:
@@ -129,7 +138,7 @@ def print_table(report: dict[str, Any]) -> None:
           f"{'c1 p50 ms':>11}{'load':>6}")
     for row in report["configurations"]:
         if "levels" not in row:
-            print(f"{row['name']:<16} failed: {row['error'][:100]}")
+            print(f"{row['name']:<16} failed: {row['error'][:160]}")
             continue
         c16, c1 = row["levels"]["c16"], row["levels"]["c1"]
         print(f"{row['name']:<16}{c16['rps']:>10.1f}{row['vs_cpu_fp32']:>12.2f}"
