@@ -355,6 +355,20 @@ def test_optimize_refuses_below_the_threshold_and_writes_nothing(
                                                         "modelhost.toml"]
 
 
+def test_optimize_without_samples_quantises_dynamically(tmp_path: Path) -> None:
+    """No samples to calibrate on: dynamic INT8 of the dense layer, measured on the generated
+    images, batch 1 and the model's max_batch_size (32) both timed."""
+    folder = shutil.copytree(Path(__file__).parents[2] / "src/modelhost/demo/digits",
+                             tmp_path / "digits")
+    done = run_cli("optimize", str(folder), "--int8")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((folder / "optimize.json").read_text())
+    assert record["method"].startswith("dynamic, MatMul/Gemm weights")
+    assert record["samples"] == 8 and record["top1_agreement"] == 1.0
+    assert [s["batch"] for s in record["speed"]] == [1, 32]
+    assert 0 < record["max_dp"] < 0.05
+
+
 def test_int8_record_for_other_bytes_is_refused(imagenet: Path, photos: Path,
                                                 tmp_path: Path) -> None:
     folder = copy_model(imagenet, tmp_path / "imagenet", '\n[runtime]\nprecision = "int8"\n')

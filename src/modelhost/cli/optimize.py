@@ -84,5 +84,5 @@ def report_table(report: Report) -> Table:
     table.add_row("max |Δp|", f"{report.max_dp:.3g}")
     for s in report.speed:
         table.add_row(f"batch {s.batch}: FP32 → INT8 ms",
-                      f"{s.fp32_ms:.2f} → {s.int8_ms:.2f} ({s.speedup:.2f}×)")
+                      f"{s.fp32_ms:.3g} → {s.int8_ms:.3g} ({s.speedup:.2f}×)")
     return table
