@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..types import ModelConfig, ProviderSpec
+from .convert import TIE  # a top-1 whose runner-up is this close cannot be ordered
 
 ORT_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -40,7 +41,6 @@ INSTALL = {
     "tensorrt": 'pip install "modelhost[gpu]" (onnxruntime-gpu) and TensorRT on a machine with '
                 "an NVIDIA GPU",
 }
-TIE = 1e-5  # a top-1 whose runner-up is this close cannot be ordered; not counted as a flip
 
 
 class ProviderError(Exception):
@@ -112,6 +112,7 @@ def _option_text(value: Any) -> str:
 
 
 def checked(name: str, options: list[tuple[str, str]]) -> ProviderSpec:
+    """A ProviderSpec for a known name; a typo is refused here, not at load in every worker."""
     if name not in ORT_NAMES:
         raise ValueError(f"unknown provider {name!r} (choose from {', '.join(ORT_NAMES)})")
     return ProviderSpec(name, tuple(options))
@@ -125,7 +126,8 @@ def fallback_allowed(chain: tuple[ProviderSpec, ...], index: int) -> bool:
 def device_env(slot: int, config: ModelConfig) -> dict[str, str]:
     """The environment that pins worker ``slot`` to one GPU (``replicas_per_gpu`` workers per
     GPU, in order) when a GPU provider is listed; empty otherwise. The server never loads ONNX
-    Runtime itself, so a slot past the last GPU is refused by that worker's device query."""
+    Runtime itself, so it does not count GPUs: a worker pinned past the last one cannot start
+    the provider and refuses, naming the GPU it was given."""
     if not any(p.name in GPU_PROVIDERS for p in config.providers):
         return {}
     return {"CUDA_VISIBLE_DEVICES": str(slot // config.replicas_per_gpu)}
@@ -236,8 +238,10 @@ def open_session(path: Path, options, spec: ProviderSpec, gpu_memory_mb: int = 0
             options.add_provider_for_devices(_plugin_devices(provider_options), provider_options)
             session = ort.InferenceSession(str(path), sess_options=options)
         else:
+            # nodes the provider does not take run on the next one: TensorRT's on CUDA
+            rest = ["CUDAExecutionProvider"] if spec.name == "tensorrt" else []
             session = ort.InferenceSession(str(path), sess_options=options, enable_fallback=0,
-                                           providers=[(name, provider_options),
+                                           providers=[(name, provider_options), *rest,
                                                       "CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises its own, untyped, errors
         raise ProviderError(f"{spec}: ONNX Runtime could not start it: {_reason(exc)}") from None
