@@ -29,13 +29,14 @@ def optimize(
              "dynamic INT8, measured on the model's samples/ and generated images.",
         exists=True, file_okay=False)] = None,
     output: Annotated[Path | None, Opt("--output", "-o",
-        help="Where to write the INT8 model [model.int8.onnx beside the model].")] = None,
+        help="Where to write the INT8 model (default: NAME.int8.onnx beside the model).")] = None,
     min_agreement: Annotated[float, Opt(min=0.0, max=2.0,
         help="Refuse below this top-1 agreement with the FP32 model.")] = 0.99,
     model: Annotated[str | None, Opt(help="Model name (in a repository).")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
 ) -> None:
-    """Write a faster variant of MODEL, measured against it; optimize.json records the result."""
+    """Write a faster variant of the model, measured against it; optimize.json records what
+    was measured."""
     if not int8:
         raise typer.BadParameter("choose what to do: --int8 (the only optimisation so far)")
     settings = Settings(**({"cache_dir": cache_dir} if cache_dir else {}))
