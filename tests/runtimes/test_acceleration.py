@@ -74,12 +74,16 @@ def optimized(imagenet: Path, photos: Path, tmp_path_factory) -> tuple[Path, str
 
 @pytest.fixture(scope="module")
 def openvino_python() -> str:
-    """An interpreter whose ONNX Runtime has the OpenVINO provider: this one, or the one
-    .ci/run makes and names in MODELHOST_TEST_OPENVINO_PYTHON."""
+    """An interpreter whose ONNX Runtime has the OpenVINO provider: this one, the one named in
+    MODELHOST_TEST_OPENVINO_PYTHON, or the one .ci/run makes."""
     probe = ("from modelhost.runtimes.providers import unavailable; "
              "from modelhost.types import ProviderSpec; "
              "import sys; sys.exit(unavailable(ProviderSpec('openvino')) is not None)")
-    for python in filter(None, (sys.executable, os.environ.get("MODELHOST_TEST_OPENVINO_PYTHON"))):
+    made = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
+        / "modelhost-ci" / "openvino-env" / "bin" / "python"  # where .ci/run makes it
+    candidates = (sys.executable, os.environ.get("MODELHOST_TEST_OPENVINO_PYTHON"),
+                  str(made) if made.exists() else None)
+    for python in filter(None, candidates):
         if subprocess.run([python, "-c", probe], check=False).returncode == 0:
             return python
     pytest.fail("no Python with ONNX Runtime's OpenVINO provider: run .ci/run (it makes one) "
