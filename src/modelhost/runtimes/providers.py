@@ -170,8 +170,8 @@ def _plugin_problem() -> str | None:
         return None
     vendors = sorted({d.device.vendor for d in ort.get_ep_devices()}) or ["unknown"]
     return ("openvino: the onnxruntime-ep-openvino plugin is installed but offers no device on "
-            f"this machine (it lists Intel devices only; this one's vendor is "
-            f"{', '.join(vendors)}); install onnxruntime-openvino in its own environment instead")
+            f"this machine (its devices' vendor: {', '.join(vendors)}; the plugin targets Intel "
+            "CPUs, GPUs and NPUs); install onnxruntime-openvino in its own environment instead")
 
 
 def _openvino_devices() -> list | None:
