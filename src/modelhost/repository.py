@@ -19,8 +19,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .errors import StartupError
 from .runtimes import providers
-from .types import ModelConfig, ModelSpec
+from .types import LAYOUTS, OUTPUT_KINDS, PRECISIONS, RESAMPLES, SCALINGS, ModelConfig, ModelSpec
 
 MODEL_SUFFIXES = {
     ".onnx": "onnx",
@@ -34,7 +35,7 @@ CONFIG_NAME = "modelhost.toml"
 LABELS_NAME = "labels.txt"
 
 
-class RepositoryError(Exception):
+class RepositoryError(StartupError):
     """A model that cannot be described: the message names the file and the reason."""
 
 
@@ -197,11 +198,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
                 "replicas_per_gpu": "replicas_per_gpu", "gpu_memory_mb": "gpu_memory_mb"},
 }
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "layout": ("NCHW", "NHWC"),
-    "scaling": ("none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"),
-    "resample": ("nearest", "box", "bilinear", "bicubic", "lanczos"),
-    "output_kind": ("auto", "logits", "probabilities"),
-    "precision": ("fp32", "int8"),
+    "layout": LAYOUTS, "scaling": SCALINGS, "resample": RESAMPLES, "output_kind": OUTPUT_KINDS,
+    "precision": PRECISIONS,
 }
 
 

@@ -8,10 +8,12 @@ pixels and time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import StartupError
+from .types import FORMATS, Format, Precision, RuntimeMode
 
 
 def default_db_url() -> str:
@@ -30,7 +32,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "modelhost"
 
 
-class ConfigError(ValueError):
+class ConfigError(StartupError, ValueError):
     """A setting names something unusable (a bad keys file, rate); start-up stops with it."""
 
 
@@ -125,12 +127,11 @@ class Settings(BaseSettings):
         "an allocation past it fails in that worker only. None: no limit."
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
-    format: Literal["onnx", "keras", "tf_savedmodel", "tf_frozen", "torchscript",
-                    "torch_export", "python"] | None = Field(
-        None, description="Force the model format (onnx, keras, tf_savedmodel, tf_frozen, "
-        "torchscript, torch_export, python); detected from the file if None."
+    format: Format | None = Field(
+        None, description=f"Force the model format ({', '.join(FORMATS)}); detected from the "
+        "file if None."
     )
-    runtime: Literal["auto", "native", "onnx"] = Field(
+    runtime: RuntimeMode = Field(
         "auto", description="auto: convert Keras/TF/torch models to ONNX when verified; "
         "native: the framework's own runtime; onnx: conversion required."
     )
@@ -138,7 +139,7 @@ class Settings(BaseSettings):
         None, description="ONNX Runtime execution providers in order, e.g. openvino,cpu or "
         "cuda:device_id=0,cpu (overrides [runtime] providers); a later cpu is the only fallback."
     )
-    precision: Literal["fp32", "int8"] | None = Field(
+    precision: Precision | None = Field(
         None, description="int8: serve the file `modelhost optimize --int8` wrote and verified "
         "(overrides [runtime] precision)."
     )

@@ -8,11 +8,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
+# The vocabulary tables: each concept's words are listed here once; settings, modelhost.toml
+# validation and CLI help derive their choices from these (``get_args``), never a copy.
+Format = Literal["onnx", "keras", "tf_savedmodel", "tf_frozen", "torchscript", "torch_export",
+                 "python"]
 Layout = Literal["NCHW", "NHWC"]
 Scaling = Literal["none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"]
+Resample = Literal["nearest", "box", "bilinear", "bicubic", "lanczos"]
+OutputKind = Literal["auto", "logits", "probabilities"]
 ResizeMode = Literal["stretch", "shorter", "pad"]
+RuntimeMode = Literal["auto", "native", "onnx"]
+Precision = Literal["fp32", "int8"]
+
+FORMATS: tuple[Format, ...] = get_args(Format)
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
+SCALINGS: tuple[Scaling, ...] = get_args(Scaling)
+RESAMPLES: tuple[Resample, ...] = get_args(Resample)
+OUTPUT_KINDS: tuple[OutputKind, ...] = get_args(OutputKind)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,7 @@ class Preprocessing:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     bgr: bool = False
     resize: int = 0
-    resample: str = "bilinear"
+    resample: Resample = "bilinear"
     default_crop: float = 0.0
 
 
@@ -79,17 +94,17 @@ class ModelConfig:
     std: tuple[float, ...] | None = None
     bgr: bool = False
     resize: int = 0
-    resample: str = "bilinear"
+    resample: Resample = "bilinear"
     default_crop: float = 0.0
     top_k: int = 5
     max_batch_size: int = 8
     max_delay_ms: float = 0.0
     replicas: int = 1
     threads: int = 0
-    output_kind: Literal["auto", "logits", "probabilities"] = "auto"
+    output_kind: OutputKind = "auto"
     providers: tuple[ProviderSpec, ...] = ()  # [runtime]: tried in order; () is the CPU
     tolerance: float = 1e-3  # largest |Δp| a non-CPU provider may differ from the CPU by
-    precision: Literal["fp32", "int8"] = "fp32"  # int8: the verified `modelhost optimize` file
+    precision: Precision = "fp32"  # int8: the verified `modelhost optimize` file
     replicas_per_gpu: int = 1
     gpu_memory_mb: int = 0  # device memory cap per worker (0: the provider's default)
 
@@ -104,7 +119,7 @@ class RuntimeOptions:
     ``output_name`` pick tensors of a frozen TensorFlow graph.
     """
 
-    runtime: Literal["auto", "native", "onnx"] = "auto"
+    runtime: RuntimeMode = "auto"
     trust_code: bool = False
     input_name: str | None = None
     output_name: str | None = None

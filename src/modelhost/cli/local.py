@@ -15,15 +15,16 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from ..errors import StartupError
 from ..inputs.images import to_tensor
 from ..postprocess import probabilities, top_k
 from ..preprocessing import resolve
 from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, UntrustedCode, first_line, load_runtime
-from ..runtimes.convert import CONVERTIBLE, ConversionError, prepare
+from ..runtimes.convert import CONVERTIBLE, prepare
 from ..runtimes.providers import ProviderError
-from ..settings import ConfigError, Settings
-from ..types import ModelSpec, Region, RuntimeOptions
+from ..settings import Settings
+from ..types import FORMATS, ModelSpec, Region, RuntimeOptions
 
 console = Console()
 Opt = typer.Option
@@ -107,7 +108,8 @@ def _print_result(path: Path, result: dict) -> None:
 def inspect(
     target: Annotated[Path, typer.Argument(help="Model file or folder.")],
     model: Annotated[str | None, Opt(help="Model name (in a repository).")] = None,
-    format: Annotated[str | None, Opt("--format", help="Force the model format.")] = None,
+    format: Annotated[str | None, Opt(
+        "--format", help=f"Force the model format: {', '.join(FORMATS)}.")] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
         help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
     input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,
@@ -171,7 +173,7 @@ def _accelerated(spec: ModelSpec, providers: str | None, precision: str | None) 
             served = prepare(replace(spec, options=replace(spec.options, runtime="onnx")),
                              settings.cache_dir, settings.convert_timeout)
         return accelerated(spec, served, settings)
-    except (ValidationError, ConfigError, ConversionError) as exc:
+    except (ValidationError, StartupError) as exc:  # a bad option, conversion, INT8 record
         raise typer.BadParameter(first_line(exc)) from None
 
 

@@ -9,12 +9,10 @@ import typer
 from pydantic import ValidationError
 
 from .. import logs
-from ..download import DownloadError, is_url
-from ..feedback.journal import JournalBusy
-from ..feedback.store import BadDatabaseUrl
-from ..repository import RepositoryError
-from ..runtimes.convert import ConversionError
-from ..settings import ConfigError, Settings
+from ..download import is_url
+from ..errors import StartupError
+from ..settings import Settings
+from ..types import FORMATS
 
 Opt = typer.Option
 
@@ -63,8 +61,7 @@ def serve(
         help="Address-space bytes per worker process [no limit].")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
     format: Annotated[str | None, Opt("--format",
-        help="Force the model format: onnx, keras, tf_savedmodel, tf_frozen, torchscript, "
-             "torch_export, python.")] = None,
+        help=f"Force the model format: {', '.join(FORMATS)}.")] = None,
     runtime: Annotated[str | None, Opt(
         help="auto (convert to ONNX when verified), native or onnx [auto].")] = None,
     providers: Annotated[str | None, Opt(
@@ -111,8 +108,7 @@ def serve(
 
     try:
         code = run(settings)
-    except (RepositoryError, ConfigError, ConversionError, DownloadError, BadDatabaseUrl,
-            JournalBusy) as exc:
+    except StartupError as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

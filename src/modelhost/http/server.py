@@ -14,17 +14,17 @@ import logging
 
 import uvicorn
 
-from ..service import PredictionService
+from ..registry import Registry
 
 log = logging.getLogger("modelhost.server")
 
 
 class Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, service: PredictionService, grace: float,
+    def __init__(self, config: uvicorn.Config, registry: Registry, grace: float,
                  grpc=None) -> None:
         super().__init__(config)
         self._grpc = grpc  # a GrpcServer started and stopped with this one, or None
-        self._service = service
+        self._registry = registry
         self._grace = grace
         self._draining: asyncio.Future | None = None
         self.url: str | None = None
@@ -42,7 +42,7 @@ class Server(uvicorn.Server):
 
     async def _drain(self, sig) -> None:
         log.info("signal %s: draining (grace %.0fs)", sig, self._grace)
-        await self._service.drain(self._grace)
+        await self._registry.drain(self._grace)
         self.should_exit = True
 
     async def startup(self, sockets=None) -> None:
@@ -60,6 +60,6 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
-        if self._service.lifecycle.fatal:
+        if self._registry.lifecycle.fatal:
             return True
         return await super().on_tick(counter)

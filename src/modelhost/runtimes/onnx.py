@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import ModelInfo, ModelSpec, ProviderSpec, TensorSpec
-from .base import ModelFileError, first_line
+from .base import ArrayRuntime, ModelFileError, first_line
 from .providers import (
     ProviderError,
     agreement,
@@ -37,7 +37,7 @@ _DTYPES = {
 }
 
 
-class OnnxRuntime:
+class OnnxRuntime(ArrayRuntime):
     """One ONNX model in an InferenceSession with a fixed intra-op thread count, on the CPU
     provider or, when ``[runtime] providers`` asks, on another one that gave the CPU's answers
     (:mod:`.providers`)."""

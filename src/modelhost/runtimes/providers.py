@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import StartupError
 from ..types import ModelConfig, ProviderSpec
 from .convert import TIE  # a top-1 whose runner-up is this close cannot be ordered
 
@@ -43,7 +44,7 @@ INSTALL = {
 }
 
 
-class ProviderError(Exception):
+class ProviderError(StartupError):
     """A requested provider cannot serve this model: not installed, no device, refused its
     options, or gave other answers than the CPU. The message is one line naming which and why."""
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import StartupError
 from ..types import ModelSpec, Preprocessing
 from .providers import Agreement, agreement
 
@@ -32,7 +33,7 @@ RECORD = "optimize.json"
 INT8_NAME = "model.int8.onnx"
 
 
-class PrecisionError(Exception):
+class PrecisionError(StartupError):
     """``precision = "int8"`` cannot be honoured (no verified INT8 file), or ``optimize``
     refused to write one; the message says which and what to run."""
 
@@ -184,9 +185,10 @@ def _speed(fp32: Path, int8: Path, inputs: np.ndarray, batch: int, threads: int,
 
 def int8_spec(spec: ModelSpec, folder: Path) -> ModelSpec:
     """``spec`` served from its verified INT8 file: ``folder/optimize.json`` must name this FP32
-    file's SHA-256 and the INT8 file's, else PrecisionError says what to run."""
+    file's SHA-256 and the INT8 file's, else PrecisionError says what to run (naming files, not
+    server paths: V2 model control and ``/readyz`` show it to clients)."""
     record_path = folder / RECORD
-    again = f"run: modelhost optimize {folder} --int8"
+    again = "run: modelhost optimize MODEL_FOLDER --int8"
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
