@@ -22,6 +22,7 @@ the client shares the 2 cores with the server. ``--quick`` is a smoke check, not
     python benchmarks/run.py --quick         # ~1 minute
     python benchmarks/run.py --models tiny --wrk
     python benchmarks/run.py --quick --decode both   # exact and fast side by side
+    python benchmarks/run.py --providers cpu,openvino --precision fp32,int8   # acceleration.py
 """
 
 from __future__ import annotations
@@ -238,10 +239,12 @@ class ServerRun:
 
 
 @contextmanager
-def running_server(folder: Path, log_path: Path, ready_timeout: float) -> Iterator[ServerRun]:
-    """``modelhost serve FOLDER`` on a free loopback port until the block ends (SIGTERM)."""
+def running_server(folder: Path, log_path: Path, ready_timeout: float, extra: list[str] = (),
+                   python: str = sys.executable) -> Iterator[ServerRun]:
+    """``modelhost serve FOLDER EXTRA`` on a free loopback port until the block ends
+    (SIGTERM), under ``python`` (another interpreter for OpenVINO, see acceleration.py)."""
     port = free_port()
-    command = [sys.executable, "-m", "modelhost.cli", "serve", str(folder), "--port", str(port)]
+    command = [python, "-m", "modelhost.cli", "serve", str(folder), "--port", str(port), *extra]
     run = ServerRun(base=f"http://127.0.0.1:{port}")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -670,6 +673,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     parser.add_argument("--decode", choices=("exact", "fast", "both"), default="exact",
                         help="the models' decode mode(s) [exact, the default]")
     parser.add_argument("--ready-timeout", type=float, default=300, help="server start limit")
+    parser.add_argument("--providers", help="imagenet on these providers, e.g. cpu,openvino "
+                        "(benchmarks/acceleration.py; with --precision)")
+    parser.add_argument("--precision", help="imagenet at these precisions, e.g. fp32,int8")
+    parser.add_argument("--openvino-python", help="interpreter whose ONNX Runtime has OpenVINO "
+                        "[$MODELHOST_TEST_OPENVINO_PYTHON, else this one]")
     parser.add_argument("--fast-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -689,11 +697,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     return opts, args
 
 
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     opts, args = parse_args(argv)
     if args.fast_server:
         fast_server(args.fast_server)
         return 0
+    if args.providers or args.precision:
+        import acceleration
+
+        return acceleration.main(_names(args.providers or "cpu"), _names(args.precision or "fp32"),
+                                 opts, args.openvino_python)
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {os.getloadavg()[0]:.1f}: numbers will be noisy")
     jpeg = photo_jpeg()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -35,7 +36,9 @@ from .predictor import Predictor
 from .registry import Registry, ServedModel
 from .reloader import Reloader
 from .repository import load_repository
+from .runtimes import providers
 from .runtimes.convert import prepare
+from .runtimes.quantize import int8_spec
 from .settings import ConfigError, Settings
 from .types import ModelSpec, RuntimeOptions
 from .watch import RepositoryWatcher
@@ -48,7 +51,7 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
     """The models to serve: the given file or folder, or the demo models."""
     root = model_root(settings)
     if root is None:
-        return demo_specs(settings.cache_dir)
+        return [accelerated(s, s, settings) for s in demo_specs(settings.cache_dir)]
     return [_prepared(s, settings) for s in _scan(root, settings)]
 
 
@@ -67,7 +70,38 @@ def _scan(root: Path, settings: Settings) -> list[ModelSpec]:
 
 
 def _prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:
-    return prepare(spec, settings.cache_dir, settings.convert_timeout)
+    return accelerated(spec, prepare(spec, settings.cache_dir, settings.convert_timeout),
+                        settings)
+
+
+def accelerated(source: ModelSpec, served: ModelSpec, settings: Settings) -> ModelSpec:
+    """``served`` with ``--providers``/``--precision`` applied, and its INT8 file when
+    precision is int8 (verified for these FP32 bytes, recorded beside ``source``)."""
+    changes: dict[str, Any] = {"precision": settings.precision} if settings.precision else {}
+    if settings.providers:
+        try:
+            changes["providers"] = providers.parse(settings.providers)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    spec = replace(served, config=replace(served.config, **changes)) if changes else served
+    asked = _acceleration(spec)
+    if asked and spec.format != "onnx":
+        raise ConfigError(f"{spec.name}: {asked} needs an ONNX model; this one runs on "
+                          f"{spec.runtime_note or spec.format + ' runtime'} (convert it: "
+                          "--runtime auto or onnx)")
+    if spec.config.precision != "int8":
+        return spec
+    return int8_spec(spec, source.path.parent)  # or PrecisionError (a StartupError)
+
+
+def _acceleration(spec: ModelSpec) -> str:
+    """What of ``spec``'s configuration only ONNX Runtime can do ('' when nothing)."""
+    parts = []
+    if any(p.name != "cpu" for p in spec.config.providers):
+        parts.append("providers " + ",".join(str(p) for p in spec.config.providers))
+    if spec.config.precision == "int8":
+        parts.append("precision int8")
+    return " with ".join(parts)
 
 
 def _reloader(settings: Settings, registry: Registry) -> Reloader | None:

@@ -98,10 +98,17 @@ class _StateCollector:
         restarts = CounterMetricFamily(
             "modelhost_worker_restarts", "Worker processes restarted.", labels=["model"]
         )
+        info = GaugeMetricFamily(
+            "modelhost_model_info", "A served model: version, format, precision and the "
+            "execution providers its workers run on.",
+            labels=["model", "version", "format", "precision", "providers"],
+        )
         for row in self._state():
             name = row["model"]
+            info.add_metric([name, row["version"], row["format"], row["precision"],
+                             row["providers"]], 1)
             depth.add_metric([name], row["queue_depth"])
             ready.add_metric([name], row["workers_ready"])
             load.add_metric([name], row["load_seconds"])
             restarts.add_metric([name], row["restarts"])
-        yield from (depth, ready, load, restarts)
+        yield from (depth, ready, load, restarts, info)

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import logging
 
-from .errors import InternalError, NotFound
+from .errors import InternalError, NotFound, StartupError
 from .registry import ModelState, RegistryView, ServedModel
 from .reloader import Reloader
 from .repository import RepositoryError
-from .runtimes.convert import ConversionError
 from .types import ModelSpec
 
 log = logging.getLogger("modelhost.control")
@@ -50,7 +49,7 @@ class ModelControl:
         log.info("model %s: loading version %s on request", name, spec.version)
         try:
             new = await self._reloader.load(spec, undo_failure=True)
-        except ConversionError as exc:
+        except StartupError as exc:  # conversion, or an INT8 file not verified for it
             raise InternalError(f"model '{name}' failed to load: {exc}", "model_failed") from None
         if new.state is not ModelState.READY:
             raise InternalError(f"model '{name}' failed to load: {new.error}", "model_failed")

@@ -53,6 +53,11 @@ class ServedModel:
         """Live, warmed-up workers: what readiness and the model listings report."""
         return self.pool.ready_workers
 
+    @property
+    def providers(self) -> list[dict[str, Any]]:
+        """The execution provider each live worker runs on, and how it was chosen."""
+        return self.pool.providers()
+
 
 @dataclass
 class Lifecycle:
@@ -128,7 +133,10 @@ class Registry:
         """Per-model numbers for the metrics collector."""
         return [
             {"model": n, "queue_depth": m.batcher.depth, "workers_ready": m.workers_ready,
-             "load_seconds": m.pool.load_seconds, "restarts": m.pool.restarts}
+             "load_seconds": m.pool.load_seconds, "restarts": m.pool.restarts,
+             "version": m.spec.version, "format": m.spec.source_format or m.spec.format,
+             "precision": m.spec.config.precision,
+             "providers": ",".join(sorted({p["provider"] for p in m.providers}))}
             for n, m in self._models.items()
         ]
 
@@ -192,6 +200,8 @@ class Registry:
         log.info("model %s loaded%s", model.spec.name,
                  f"; decode fast: {info.drift.describe()}" if info.drift else "",
                  extra={"fields": _summary(model)})
+        if "serving on cpu" in info.provider_note:  # the listed fallback: said, never silent
+            log.warning("model %s: %s", model.spec.name, info.provider_note)
 
     async def _retire(self, old: ServedModel, grace: float) -> None:
         until = time.monotonic() + grace
@@ -236,4 +246,6 @@ def _summary(model: ServedModel) -> dict[str, Any]:
                           "pipeline": prep.pipeline or "default", "decode": prep.decode},
         **({"decode_drift": info.drift.describe()} if info.drift else {}),
         "workers": model.workers_ready,
+        "providers": [p["provider"] for p in model.providers],
+        "provider_note": info.provider_note, "precision": model.spec.config.precision,
     }

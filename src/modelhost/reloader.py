@@ -39,8 +39,9 @@ class Reloader:
         """Serve ``spec``'s files: new workers loaded and warmed beside the old ones, then one
         switch. Returns the new model; its state says whether it serves. A failed load leaves
         the old version serving; with no old version it is shown as failed (``--watch``), or,
-        with ``undo_failure``, not served at all (V2 model control: as it was). ConversionError
-        when preparing failed."""
+        with ``undo_failure``, not served at all (V2 model control: as it was). StartupError
+        when preparing failed (a ConversionError, or a PrecisionError for an INT8 file that was
+        not verified for these bytes)."""
         async with self._lock:
             await self._registry.lifecycle.loaded.wait()
             prepared = await asyncio.to_thread(self._prepare, spec)

@@ -21,7 +21,17 @@ from typing import Any
 
 from .errors import StartupError
 from .inputs import pipelines
-from .types import DECODES, LAYOUTS, OUTPUT_KINDS, PIPELINES, SCALINGS, ModelConfig, ModelSpec
+from .runtimes import providers
+from .types import (
+    DECODES,
+    LAYOUTS,
+    OUTPUT_KINDS,
+    PIPELINES,
+    PRECISIONS,
+    SCALINGS,
+    ModelConfig,
+    ModelSpec,
+)
 
 MODEL_SUFFIXES = {
     ".onnx": "onnx",
@@ -146,8 +156,9 @@ def _model_file(folder: Path) -> Path | None:
     for name in ("pipeline.py", "model.py"):
         if (folder / name).is_file():
             return folder / name
-    candidates = sorted(p for p in folder.iterdir()
-                        if p.is_file() and p.suffix != ".py" and _format_of(p))
+    candidates = sorted(p for p in folder.iterdir()  # not the INT8 copy `optimize` writes
+                        if p.is_file() and p.suffix != ".py" and not p.name.endswith(".int8.onnx")
+                        and _format_of(p))
     return candidates[0] if len(candidates) == 1 else None
 
 
@@ -217,10 +228,12 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "output": {"kind": "output_kind", "top_k": "top_k"},
     "batching": {"max_batch_size": "max_batch_size", "max_delay_ms": "max_delay_ms"},
     "workers": {"replicas": "replicas", "threads": "threads"},
+    "runtime": {"providers": "providers", "tolerance": "tolerance", "precision": "precision",
+                "replicas_per_gpu": "replicas_per_gpu", "gpu_memory_mb": "gpu_memory_mb"},
 }
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "layout": LAYOUTS, "scaling": SCALINGS, "pipeline": PIPELINES, "decode": DECODES,
-    "output_kind": OUTPUT_KINDS,
+    "output_kind": OUTPUT_KINDS, "precision": PRECISIONS,
 }
 
 
@@ -288,6 +301,15 @@ def _checked(path: Path, where: str, field_name: str, value: Any) -> Any:
         if field_name == "std" and any(v == 0 for v in value):
             raise bad("std must not be zero")
         return tuple(float(v) for v in value)
+    if field_name == "providers":
+        try:
+            return providers.from_toml(value)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+    if field_name == "tolerance":
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise bad("expected a largest |Δp| between 0 and 1")
+        return float(value)
     if field_name == "resample" and not isinstance(value, str):
         raise bad("expected the name of an interpolation")
     if field_name == "central_crop":
@@ -306,7 +328,7 @@ def _checked(path: Path, where: str, field_name: str, value: Any) -> Any:
     if kinds.get(field_name) in ("int", int):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise bad("expected a non-negative integer")
-        if field_name in ("max_batch_size", "replicas", "top_k") and value < 1:
+        if field_name in ("max_batch_size", "replicas", "top_k", "replicas_per_gpu") and value < 1:
             raise bad("expected at least 1")
     if field_name == "max_delay_ms" and (not isinstance(value, int | float) or value < 0):
         raise bad("expected a non-negative number of milliseconds")

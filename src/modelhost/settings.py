@@ -13,7 +13,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import StartupError
-from .types import FORMATS, PIPELINES, Format, Pipeline, RuntimeMode
+from .types import FORMATS, PIPELINES, Format, Pipeline, Precision, RuntimeMode
 
 
 def default_db_url() -> str:
@@ -139,6 +139,14 @@ class Settings(BaseSettings):
     runtime: RuntimeMode = Field(
         "auto", description="auto: convert Keras/TF/torch models to ONNX when verified; "
         "native: the framework's own runtime; onnx: conversion required."
+    )
+    providers: str | None = Field(
+        None, description="ONNX Runtime execution providers in order, e.g. openvino,cpu or "
+        "cuda:device_id=0,cpu (overrides [runtime] providers); a later cpu is the only fallback."
+    )
+    precision: Precision | None = Field(
+        None, description="int8: serve the file `modelhost optimize --int8` wrote and verified "
+        "(overrides [runtime] precision)."
     )
     trust_model_code: bool = Field(
         False, description="Allow Python code inside models (Lambda layers, pipeline.py)."

@@ -24,6 +24,7 @@ ResizeMode = Literal["stretch", "shorter", "pad"]
 RuntimeMode = Literal["auto", "native", "onnx"]
 Pipeline = Literal["torchvision", "keras", "keras-dataset", "tf", "pillow"]
 Decode = Literal["exact", "fast"]
+Precision = Literal["fp32", "int8"]
 
 FORMATS: tuple[Format, ...] = get_args(Format)
 LAYOUTS: tuple[Layout, ...] = get_args(Layout)
@@ -33,6 +34,7 @@ TF_METHODS: tuple[TfMethod, ...] = get_args(TfMethod)
 OUTPUT_KINDS: tuple[OutputKind, ...] = get_args(OutputKind)
 PIPELINES: tuple[Pipeline, ...] = get_args(Pipeline)
 DECODES: tuple[Decode, ...] = get_args(Decode)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,18 @@ class Region:
 
 
 @dataclass(frozen=True)
+class ProviderSpec:
+    """One ONNX Runtime execution provider asked for: a short name (cpu, openvino, cuda,
+    tensorrt) and its options as ONNX Runtime takes them (strings), e.g. device_type=CPU."""
+
+    name: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return ":".join([self.name, *(f"{k}={v}" for k, v in self.options)])
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """What ``modelhost.toml`` may say about a model; every field is optional there."""
 
@@ -111,6 +125,11 @@ class ModelConfig:
     replicas: int = 1
     threads: int = 0
     output_kind: OutputKind = "auto"
+    providers: tuple[ProviderSpec, ...] = ()  # [runtime]: tried in order; () is the CPU
+    tolerance: float = 1e-3  # largest |Δp| a non-CPU provider may differ from the CPU by
+    precision: Precision = "fp32"  # int8: the verified `modelhost optimize` file
+    replicas_per_gpu: int = 1
+    gpu_memory_mb: int = 0  # device memory cap per worker (0: the provider's default)
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,8 @@ class ModelInfo:
     scaling: Scaling | None = None  # "none" when the model scales its own input (Rescaling)
     graph: tuple[tuple[str, str, str], ...] = ()  # every op (name, type, shape): frozen graphs
     drift: Drift | None = None  # measured at start when decode = "fast"
+    provider: str = ""  # the execution provider in use (cpu, openvino, cuda…); "" if not ONNX
+    provider_note: str = ""  # how it was chosen: verification figures, or why CPU serves
 
 
 @dataclass(frozen=True)

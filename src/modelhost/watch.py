@@ -18,10 +18,10 @@ from pathlib import Path
 
 import watchfiles
 
+from .errors import StartupError
 from .registry import ModelState, RegistryView
 from .reloader import Reloader
 from .repository import RepositoryError
-from .runtimes.convert import ConversionError
 from .types import ModelSpec
 
 log = logging.getLogger("modelhost.watch")
@@ -72,7 +72,7 @@ class RepositoryWatcher:
         log.info("model %s: version %s changed on disk; loading it", spec.name, spec.version)
         try:
             new = await self._reloader.load(spec)
-        except ConversionError as exc:
+        except StartupError as exc:  # conversion, or an INT8 file not verified for it
             old = self._registry.models.get(spec.name)
             if old is not None:
                 old.update_error = f"version {spec.version} failed to load: {exc}"

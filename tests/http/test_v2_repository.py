@@ -146,3 +146,18 @@ def test_tritonclient_loads_and_unloads(controlled):
             client.load_model("rgb", config='{"backend": "onnxruntime"}')
     assert label(controlled) == "red"
 
+
+
+def test_a_reload_asking_for_an_unverified_int8_file_is_refused(controlled):
+    """``precision = "int8"`` added to a served model's modelhost.toml with no ``optimize`` run:
+    the load is refused with the reason (no server path in it) and the FP32 model keeps
+    serving."""
+    c = controlled.client
+    (controlled.repo / "rgb" / "modelhost.toml").write_text('[runtime]\nprecision = "int8"\n')
+    failed = c.post("/v2/repository/models/rgb/load")
+    message = v2_error(failed, 500)
+    assert failed.headers["x-error-code"] == "model_failed"
+    assert "optimize.json is missing" in message and "modelhost optimize" in message
+    assert str(controlled.repo) not in message
+    assert label(controlled) == "red"
+    assert c.get("/api/models/rgb").json()["precision"] == "fp32"

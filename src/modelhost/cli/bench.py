@@ -56,13 +56,18 @@ def bench(
         raise typer.BadParameter("--client must be raw or httpx")
     console = Console()
     console.print(f"[bold]{target.method} {target.url}[/] ({len(target.body):,} bytes body)")
+    served = _served(url, model) if model else None
+    if served:
+        console.print(f"{model}: {served['precision']} on "
+                      f"{', '.join(w['provider'] or 'its framework' for w in served['providers'])}",
+                      markup=False)
     results = [
         _run_level(target, level, duration, warmup, client, console)  # type: ignore[arg-type]
         for level in levels
     ]
     console.print(results_table(results))
     if json_out is not None:
-        write_json(json_out, target, results, duration, warmup, client)
+        write_json(json_out, target, results, duration, warmup, client, served)
         console.print(f"wrote {json_out}")
     if any(r.ok == 0 for r in results):
         raise typer.Exit(1)
@@ -164,10 +169,27 @@ def write_json(
     duration: float,
     warmup: float,
     client: str,
+    served: dict | None = None,
 ) -> None:
-    """The results with what is needed to compare runs: request, settings, machine."""
+    """The results with what is needed to compare runs: request, settings, machine, and the
+    precision and execution providers the model was served with."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report(target, results, duration, warmup, client), indent=2) + "\n")
+    body = {**report(target, results, duration, warmup, client), "served": served}
+    out.write_text(json.dumps(body, indent=2) + "\n")
+
+
+def _served(url: str, model: str) -> dict | None:
+    """The model's precision and per-worker providers, as the server reports them (the
+    providers are the server's choice: ``serve --providers``), or None if it does not say."""
+    import httpx
+
+    try:
+        body = httpx.get(f"{url.rstrip('/')}/api/models/{model}", timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    if "providers" not in body:
+        return None
+    return {"precision": body.get("precision"), "providers": body["providers"]}
 
 
 def report(

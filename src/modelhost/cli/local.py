@@ -11,10 +11,12 @@ import httpx
 import numpy as np
 import orjson
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from ..errors import StartupError
 from ..inputs.drift import measure
 from ..inputs.images import exact_pixels, to_tensor
 from ..inputs.reference import library_pixels
@@ -22,13 +24,17 @@ from ..postprocess import probabilities, top_k
 from ..preprocessing import describe as describe_preprocessing
 from ..preprocessing import resolve
 from ..repository import RepositoryError, load_repository
-from ..runtimes.base import RuntimeUnavailable, UntrustedCode, load_runtime
-from ..runtimes.convert import CONVERTIBLE
+from ..runtimes.base import RuntimeUnavailable, UntrustedCode, first_line, load_runtime
+from ..runtimes.convert import CONVERTIBLE, prepare
+from ..runtimes.providers import ProviderError
 from ..settings import Settings
 from ..types import FORMATS, PIPELINES, ModelSpec, Preprocessing, Region, RuntimeOptions
 
 console = Console()
 Opt = typer.Option
+PROVIDERS_HELP = ("Execution providers in order, e.g. openvino,cpu or cuda,cpu; a later cpu is "
+                  "the only fallback [cpu].")
+PRECISION_HELP = "int8: the model `modelhost optimize --int8` verified [fp32]."
 
 
 def predict(
@@ -41,13 +47,16 @@ def predict(
     y: Annotated[float | None, Opt(help="Point of interest, pixels from the top.")] = None,
     crop: Annotated[float | None, Opt(help="Crop fraction around (x, y).")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of tables.")] = False,
+    providers: Annotated[str | None, Opt(help=PROVIDERS_HELP)] = None,
+    precision: Annotated[str | None, Opt(help=PRECISION_HELP)] = None,
 ) -> None:
     """Print the top-k labels for each IMAGE."""
     options = {"top_k": top, "x": x, "y": y, "crop": crop}
     if target.startswith(("http://", "https://")):
         results = _predict_remote(target, model, images, options)
     else:
-        results = _predict_local(Path(target), model, images, Region(x, y, crop), top)
+        spec = _accelerated(_pick(_load(Path(target)), model), providers, precision)
+        results = _predict_local(spec, images, Region(x, y, crop), top)
     for path, result in zip(images, results, strict=True):
         if as_json:
             typer.echo(orjson.dumps({"file": str(path), **result}).decode())
@@ -72,9 +81,7 @@ def _predict_remote(url: str, model: str | None, images: list[Path], options: di
         return results
 
 
-def _predict_local(target: Path, model: str | None, images: list[Path], region: Region,
-                   k: int) -> list[dict]:
-    spec = _pick(_load(target), model)
+def _predict_local(spec: ModelSpec, images: list[Path], region: Region, k: int) -> list[dict]:
     runtime = _runtime(spec)
     prep = resolve(spec.config, runtime.info)
     settings = Settings()
@@ -116,10 +123,13 @@ def inspect(
     image: Annotated[Path | None, Opt(help="Show the tensor this photo becomes, and its "
                                       "difference from the training library's own pipeline.",
                                       exists=True, dir_okay=False)] = None,
+    providers: Annotated[str | None, Opt(help=PROVIDERS_HELP)] = None,
+    precision: Annotated[str | None, Opt(help=PRECISION_HELP)] = None,
 ) -> None:
     """Print a model's inputs, outputs, ops, parameters, labels and preprocessing."""
     options = RuntimeOptions("native", trust_model_code, input_name, output_name)
-    spec = replace(_pick(_load(target, format, pipeline), model), options=options)
+    spec = _accelerated(replace(_pick(_load(target, format, pipeline), model), options=options),
+                        providers, precision)
     runtime = _runtime(spec)
     info, prep = runtime.info, resolve(spec.config, runtime.info)
     console.print(f"[bold]{spec.name}[/] version {spec.version} · {spec.format} · "
@@ -157,8 +167,29 @@ def inspect(
     console.print(f"output: {spec.config.output_kind} (softmax unless already probabilities)")
     if spec.format in CONVERTIBLE:
         console.print("runtime: converted to ONNX and verified when served (--runtime auto)")
+    if info.provider:
+        console.print(f"provider: {info.provider} ({info.provider_note or 'the default'}); "
+                      f"precision {spec.config.precision}", markup=False)
     if image is not None:
         _print_image(image.read_bytes(), image.name, prep)
+
+
+def _accelerated(spec: ModelSpec, providers: str | None, precision: str | None) -> ModelSpec:
+    """``spec`` with ``--providers``/``--precision`` (and ``[runtime]``) applied, as served: a
+    Keras/TF/torch model is converted to ONNX (cached) when acceleration is asked for."""
+    from ..assembly import accelerated  # the server's own rule; fastapi loads only here
+
+    try:
+        settings = Settings(providers=providers, precision=precision)  # type: ignore[arg-type]  # pydantic validates the text
+        served = spec
+        if spec.format in CONVERTIBLE and (settings.providers or settings.precision == "int8"
+                                           or spec.config.precision == "int8"
+                                           or spec.config.providers):
+            served = prepare(replace(spec, options=replace(spec.options, runtime="onnx")),
+                             settings.cache_dir, settings.convert_timeout)
+        return accelerated(spec, served, settings)
+    except (ValidationError, StartupError) as exc:  # a bad option, conversion, INT8 record
+        raise typer.BadParameter(first_line(exc)) from None
 
 
 def _print_image(data: bytes, name: str, prep: Preprocessing) -> None:
@@ -213,5 +244,5 @@ def _only_model(names: list[str]):
 def _runtime(spec: ModelSpec):
     try:
         return load_runtime(spec, threads=0)
-    except (RuntimeUnavailable, UntrustedCode, ValueError, OSError) as exc:
+    except (RuntimeUnavailable, UntrustedCode, ProviderError, ValueError, OSError) as exc:
         raise typer.BadParameter(str(exc)) from None

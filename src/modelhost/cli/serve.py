@@ -79,6 +79,11 @@ def serve(
              f"{', '.join(PIPELINES)}.")] = None,
     runtime: Annotated[str | None, Opt(
         help="auto (convert to ONNX when verified), native or onnx [auto].")] = None,
+    providers: Annotated[str | None, Opt(
+        help="Execution providers in order, e.g. openvino,cpu or cuda:device_id=0,cpu; each "
+             "verified against the CPU; a later cpu is the only fallback [cpu].")] = None,
+    precision: Annotated[str | None, Opt(
+        help="int8: serve the model `modelhost optimize --int8` verified [fp32].")] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
         help="Allow Python code in models (Keras Lambda layers, pipeline.py).")] = False,
     input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,

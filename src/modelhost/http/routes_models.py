@@ -32,6 +32,8 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
             if prep else None
         ),
         "workers_ready": model.workers_ready,
+        "precision": model.spec.config.precision,
+        "providers": model.providers,
     }
     if labels:
         body["label_names"] = list(model.spec.labels)

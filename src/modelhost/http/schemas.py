@@ -77,6 +77,12 @@ class Tensor(BaseModel):
     shape: list[int]
 
 
+class WorkerProvider(BaseModel):
+    pid: int | None
+    provider: str  # cpu, openvino, cuda, tensorrt ("" for a framework's own runtime)
+    note: str  # how it was chosen: the verification figures, or why the CPU serves
+
+
 class ModelSummary(BaseModel):
     name: str
     version: str
@@ -89,6 +95,8 @@ class ModelSummary(BaseModel):
     default_crop: float
     input: InputDescription | None
     workers_ready: int
+    precision: str
+    providers: list[WorkerProvider]
 
 
 class ModelDetail(ModelSummary):

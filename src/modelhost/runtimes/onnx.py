@@ -8,12 +8,21 @@ ONNX fails with one clear line, and a tensor whose external data lies outside th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from ..types import ModelInfo, ModelSpec, TensorSpec
+from ..types import ModelInfo, ModelSpec, ProviderSpec, TensorSpec
 from .base import ArrayRuntime, ModelFileError, first_line
+from .providers import (
+    ProviderError,
+    agreement,
+    device_note,
+    fallback_allowed,
+    open_session,
+    unavailable,
+)
 
 _DTYPES = {
     "tensor(float)": "float32",
@@ -29,25 +38,15 @@ _DTYPES = {
 
 
 class OnnxRuntime(ArrayRuntime):
-    """One ONNX model in an InferenceSession with a fixed intra-op thread count."""
+    """One ONNX model in an InferenceSession with a fixed intra-op thread count, on the CPU
+    provider or, when ``[runtime] providers`` asks, on another one that gave the CPU's answers
+    (:mod:`.providers`)."""
 
     def __init__(self, spec: ModelSpec | Path, threads: int = 0) -> None:
-        import onnxruntime as ort
-
         path = spec.path if isinstance(spec, ModelSpec) else spec
         graph = _checked_graph(path)
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads wait for work by burning a core; the HTTP process needs that core
-        # for decoding (a tiny model's worker sat at 70% CPU while idle-waiting).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self._session = open_session(path, _options(threads), ProviderSpec("cpu"))
         except Exception as exc:  # ONNX Runtime raises its own, untyped, errors
             reason = first_line(exc, 1000).replace(str(path), path.name)
             raise ModelFileError(f"{path.name}: ONNX Runtime cannot load it: {reason}") from None
@@ -61,10 +60,72 @@ class OnnxRuntime(ArrayRuntime):
             parameters=parameters,
             producer=self._session.get_modelmeta().producer_name,
             scaling=_own_scaling(self._session.get_modelmeta().custom_metadata_map),
+            provider="cpu",
         )
+        if isinstance(spec, ModelSpec) and spec.config.providers:
+            self._choose(spec, threads)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self._input: batch})[0]
+
+    def _choose(self, spec: ModelSpec, threads: int) -> None:
+        """Serve on the first listed provider that starts and gives the CPU's answers; a failure
+        moves on only when a ``cpu`` follows in the list (and is reported), else it stops."""
+        chain, problems = spec.config.providers, list[str]()
+        for index, provider in enumerate(chain):
+            if provider.name == "cpu":
+                note = "; ".join([*problems, "serving on cpu"]) if problems else "cpu, as listed"
+                self.info = replace(self.info, provider="cpu", provider_note=note)
+                return
+            try:
+                reason = unavailable(provider)
+                if reason:
+                    raise ProviderError(reason)
+                session = open_session(spec.path, _options(threads), provider,
+                                       spec.config.gpu_memory_mb)
+                note = self._verified(session, spec, provider) + device_note(provider, spec.config)
+            except ProviderError as exc:
+                if not fallback_allowed(chain, index):
+                    raise
+                problems.append(str(exc))
+                continue
+            self._session = session
+            self.info = replace(self.info, provider=provider.name, provider_note=note)
+            return
+
+    def _verified(self, session, spec: ModelSpec, provider: ProviderSpec) -> str:
+        """Run the CPU provider and ``session`` on the sample images; raise ProviderError with
+        the measured difference unless top-1 agrees and |Δp| ≤ the tolerance."""
+        from ..postprocess import probabilities
+        from ..preprocessing import resolve
+        from .convert import sample_inputs
+
+        batch = sample_inputs(spec, resolve(spec.config, self.info))
+        kind = spec.config.output_kind
+        rows = [(self._session.run([self._output], {self._input: row[None]})[0],
+                 session.run([self._output], {self._input: row[None]})[0]) for row in batch]
+        cpu = np.stack([probabilities(a.reshape(-1), kind) for a, _ in rows])
+        other = np.stack([probabilities(b.reshape(-1), kind) for _, b in rows])
+        result = agreement(cpu, other)
+        tolerance = spec.config.tolerance
+        if result.top1_flips or result.max_dp > tolerance:
+            raise ProviderError(f"{provider}: differs from the CPU provider on {result.summary()} "
+                                f"(tolerance {tolerance:g}); refused")
+        return f"{provider}, verified against the CPU provider on {result.summary()}"
+
+
+def _options(threads: int):
+    """Session options: ``threads`` intra-op threads that sleep when idle."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads wait for work by burning a core; the HTTP process needs that core
+    # for decoding (a tiny model's worker sat at 70% CPU while idle-waiting).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def _own_scaling(metadata: dict[str, str]):

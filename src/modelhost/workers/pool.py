@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import os
 import socket
 import struct
 import subprocess
@@ -28,6 +29,7 @@ import time
 from multiprocessing import shared_memory
 
 from ..errors import InternalError, InvalidInput, ModelhostError, StartupError, Unavailable
+from ..runtimes.providers import device_env
 from ..types import ModelInfo, ModelSpec, Region
 from .messages import (
     Batch,
@@ -66,8 +68,9 @@ class LoadError(StartupError):
 class Worker:
     """One worker process, seen from the server."""
 
-    def __init__(self, start: Start) -> None:
+    def __init__(self, start: Start, env: dict[str, str] | None = None) -> None:
         self.spec = start.spec
+        self._env = env  # added to the server's environment (a pinned GPU), or None
         self._start = start  # the first frame it is sent: model, threads, limits
         self._images: dict[int, list[bytes]] = {}  # in-flight inputs, suspects if it dies
         self.suspects: set[bytes] = set()  # digests of the inputs it was running when it died
@@ -85,6 +88,12 @@ class Worker:
         return len(self._inflight)
 
     @property
+    def info(self) -> ModelInfo | None:
+        """What this worker loaded (its provider included), once it is ready."""
+        ready = self._ready
+        return ready.result().info if ready.done() and not ready.exception() else None
+
+    @property
     def alive(self) -> bool:
         return self._ready.done() and not self._ready.exception() and not self.exited.done()
 
@@ -96,6 +105,7 @@ class Worker:
                 [sys.executable, "-m", "modelhost.workers.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **self._env} if self._env else None,
             )
         self.pid = self._process.pid
         reader, self._writer = await asyncio.open_connection(sock=ours)
@@ -255,10 +265,8 @@ class ModelPool:
     async def start(self) -> ModelInfo:
         """Start every replica; raise LoadError if any fails (the others are stopped)."""
         started = time.perf_counter()
-        workers = [
-            Worker(self._start)
-            for _ in range(self._replicas)
-        ]
+        workers = [Worker(self._start, device_env(slot, self.spec.config))
+                   for slot in range(self._replicas)]
         results = await asyncio.gather(
             *(w.start(self._start_timeout) for w in workers), return_exceptions=True
         )
@@ -306,6 +314,11 @@ class ModelPool:
             *(w.stop() for w in self._workers if w is not None), return_exceptions=True
         )
 
+    def providers(self) -> list[dict]:
+        """The execution provider each live worker runs on, and how it was chosen."""
+        return [{"pid": w.pid, "provider": w.info.provider, "note": w.info.provider_note}
+                for w in self._workers if w is not None and w.alive and w.info is not None]
+
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers if w is not None and w.pid and w.alive]
 
@@ -327,7 +340,7 @@ class ModelPool:
                         self.spec.name, worker.pid, exitcode, backoff)
             self.restarts += 1
             self._workers[slot] = None
-            self._workers[slot] = await self._restart(backoff)
+            self._workers[slot] = await self._restart(backoff, slot)
             backoff = min(backoff * 2, 30.0)
             self._changed.set()
 
@@ -350,10 +363,10 @@ class ModelPool:
                 if item not in self.quarantined:
                     del self._deaths[item]
 
-    async def _restart(self, backoff: float) -> Worker:
+    async def _restart(self, backoff: float, slot: int) -> Worker:
         while True:
             await asyncio.sleep(backoff)
-            worker = Worker(self._start)
+            worker = Worker(self._start, device_env(slot, self.spec.config))
             try:
                 await worker.start(self._start_timeout)
                 return worker

@@ -38,6 +38,7 @@ from ..runtimes.base import (
     first_line,
     load_runtime,
 )
+from ..runtimes.providers import ProviderError
 from ..types import ModelInfo, Preprocessing, Region
 from .messages import (
     Batch,
@@ -179,7 +180,8 @@ def _describe(exc: BaseException) -> str:
     """A one-line reason without a traceback; the type name says a lot already (modelhost's
     own refusals are complete sentences without it)."""
     text = first_line(exc, 500)
-    if isinstance(exc, ModelFileError | UntrustedCode | RuntimeUnavailable) and text:
+    if isinstance(exc, ModelFileError | UntrustedCode | RuntimeUnavailable | ProviderError) \
+            and text:
         return text[:500]
     return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
 
