@@ -214,13 +214,14 @@ def serve(settings: Settings) -> int:
     service, metrics = build_service(settings, model_specs(settings))
     door = _Door.of(settings)
     app = _app(service, metrics, settings, door)
+    protocol = http_protocol(settings)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
+        app, host=settings.host, port=settings.port, loop="uvloop", http=protocol,
         lifespan="on", log_config=None, access_log=settings.access_log,
         timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
     )
     server = Server(config, service, grace=settings.drain_grace,
-                    grpc=_grpc(service, metrics, settings, door))
+                    grpc=_grpc(service, metrics, settings, door), guard=protocol.guard)
     server.run()
     if service.lifecycle.fatal:
         # the failure itself was logged, once, as it happened

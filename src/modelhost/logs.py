@@ -73,6 +73,18 @@ class _LineWriter:
                 data = data[os.write(self.fd, data):]
 
 
+def announce(text: str) -> None:
+    """Write one line to standard output (the served URL, which scripts and tests read).
+
+    Unlike ``print``, a failing stdout (``> /dev/full``, a closed pipe) drops the line instead
+    of raising: the console is for people, and the server keeps serving without it.
+    """
+    data = (text + "\n").encode("utf-8", "replace")
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(1, data):]
+
+
 def configure(level: str) -> None:
     """Send modelhost's and uvicorn's logs to stderr as JSON lines, through a writer thread."""
     logging.raiseExceptions = False  # a failing sink must not print tracebacks to itself

@@ -23,6 +23,18 @@ def test_broken_model_stops_the_server_with_a_clear_line(tmp_path):
     assert result.returncode == 1
     assert "bad" in result.stderr and "model.onnx" in result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stdout == ""  # no URL: nothing is served
+    assert "Uvicorn running" not in result.stderr
+
+
+def test_the_url_is_printed_once_the_models_are_ready(tmp_path):
+    rgb_model(tmp_path / "repo" / "rgb")
+    server = start_server([str(tmp_path / "repo")], tmp_path, wait_ready=False)
+    try:
+        assert server.client.get("/readyz").status_code == 200  # at once: already loaded
+    finally:
+        assert server.stop() == 0
+    assert server.process.stdout.read() == ""  # printed once
 
 
 def test_labels_that_do_not_match_the_outputs(tmp_path):

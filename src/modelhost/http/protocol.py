@@ -13,6 +13,12 @@ Per connection:
   request deadline).
 - **connections per client address**: over ``max_connections_per_client`` → 503 and close
   (0 turns it off; behind a reverse proxy every connection comes from the proxy).
+
+Shutdown closes connections only between requests: once draining starts every response says
+``connection: close``, a request whose headers are still arriving is read and answered, and an
+idle keep-alive connection stays open ``IDLE_LINGER`` seconds more, so that a request the client
+sent just as the drain began is answered instead of reset (uvicorn closes idle connections at
+once, and closing a socket with an unread request in it resets the connection).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class ConnectionGuard:
     max_header_bytes: int = 16 * 1024
     max_connections_per_client: int = 100
     open: Counter = field(default_factory=Counter)
+    draining: bool = False  # set on SIGTERM: every response from now on closes its connection
+    closing: bool = False  # set when the listener closes: idle connections linger, then close
 
     def admit(self, peer: str) -> bool:
         if self.max_connections_per_client and self.open[peer] >= self.max_connections_per_client:
@@ -65,6 +73,9 @@ def _raw(status: int, reason: str, code: str, message: str, retry_after: int = 0
             f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n").encode() + body
 
 
+IDLE_LINGER = 0.5  # seconds an idle connection stays open at shutdown for a request in flight
+
+
 class GuardedProtocol(HttpToolsProtocol):
     guard: ClassVar[ConnectionGuard]
 
@@ -79,7 +90,10 @@ class GuardedProtocol(HttpToolsProtocol):
                                  "too many connections from this address", retry_after=1))
             transport.close()
             return
-        self._arm(self.guard.header_timeout, self._headers_too_slow)
+        if self.guard.closing:  # accepted from the backlog at shutdown
+            self._arm(IDLE_LINGER, self.transport.close)
+        else:
+            self._arm(self.guard.header_timeout, self._headers_too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -102,13 +116,15 @@ class GuardedProtocol(HttpToolsProtocol):
         self._awaiting_headers = False
         self._arm(self.guard.body_timeout, self._body_too_slow)
         size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-        if size <= self.guard.max_header_bytes:
-            return super().on_headers_complete()
-        app, self.app = self.app, self._too_large_app
+        app = self.app
+        if size > self.guard.max_header_bytes:
+            self.app = self._too_large_app
         try:
             super().on_headers_complete()
         finally:
             self.app = app
+        if self.guard.draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed: no request after this one
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -119,6 +135,16 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.transport.is_closing() and self._idle():  # not if a pipelined one started
             self._awaiting_headers, self._header_bytes = True, 0
             self._arm(self.guard.header_timeout, self._headers_too_slow)
+
+    def shutdown(self) -> None:
+        """Close between requests only (see the module docstring); uvicorn waits for the
+        connection to go, within its graceful-shutdown timeout."""
+        self.guard.draining = True
+        if not self._idle():
+            super().shutdown()  # the response in progress is sent with connection: close
+        elif self._awaiting_headers and not self._header_bytes:
+            self._arm(IDLE_LINGER, self.transport.close)
+        # else a request's headers are arriving: it is read, answered and then closed
 
     # -- helpers --------------------------------------------------------------------------
 
