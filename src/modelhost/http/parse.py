@@ -153,8 +153,10 @@ def _read_json(body: bytes) -> tuple[Source, dict]:
 
 def _number(options: dict, name: str) -> float | None:
     value = options.get(name)
-    if value is None or value == "":
+    if value is None:
         return None
+    if isinstance(value, str) and not value.strip():  # `?top_k=`: a mistake, not the default
+        raise InvalidInput(f"{name} is empty; give a number or leave it out")
     try:
         number = float(value)
     except (TypeError, ValueError):
