@@ -99,7 +99,9 @@ class ModelSpec:
 
     After conversion to ONNX, ``path``/``format`` name the converted file and ``source_format``
     the original one; ``runtime_note`` says which runtime serves it and why (shown on
-    ``/api/models/{model}``).
+    ``/api/models/{model}``). ``problem`` makes the model fail to load, like a broken file
+    does: one model's bad labels.txt stops the server, or, with ``--keep-going``, only that
+    model, reported on ``/readyz``.
     """
 
     name: str
@@ -112,6 +114,7 @@ class ModelSpec:
     options: RuntimeOptions = field(default_factory=RuntimeOptions)
     source_format: str = ""
     runtime_note: str = ""
+    problem: str = ""  # found while reading the folder (bad labels.txt): loading fails with it
 
 
 @dataclass(frozen=True)

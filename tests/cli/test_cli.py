@@ -44,6 +44,24 @@ def test_labels_that_do_not_match_the_outputs(tmp_path):
     assert "2 labels, but the model has 3 outputs" in result.stderr
 
 
+def test_duplicate_labels_stop_the_server_or_only_their_model(tmp_path):
+    rgb_model(tmp_path / "repo" / "good")
+    rgb_model(tmp_path / "repo" / "dup", labels=("red", "green", "red"))
+    result = run("serve", str(tmp_path / "repo"), "--port", "0")
+    assert result.returncode == 1
+    failure = [line for line in result.stderr.splitlines() if "failed to load" in line]
+    assert len(failure) == 1 and "dup" in failure[0] and "model.onnx" in failure[0]
+    assert "labels.txt line 3: 'red' repeats line 1" in failure[0]
+    server = start_server([str(tmp_path / "repo"), "--keep-going"], tmp_path, wait_ready=False)
+    try:  # the URL is printed once loading is over
+        models = server.client.get("/readyz").json()["models"]
+        assert models["good"]["state"] == "ready"
+        assert models["dup"] == {"state": "failed", "workers_ready": 0, "error": (
+            "labels.txt line 3: 'red' repeats line 1 (feedback by label would be ambiguous)")}
+    finally:
+        assert server.stop() == 0
+
+
 def test_missing_model_and_bad_config_exit_2(tmp_path):
     result = run("serve", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "no such file or folder" in result.stderr

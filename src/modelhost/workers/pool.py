@@ -253,6 +253,8 @@ class ModelPool:
 
     async def start(self) -> ModelInfo:
         """Start every replica; raise LoadError if any fails (the others are stopped)."""
+        if self.spec.problem:
+            raise LoadError(self.spec.problem)
         started = time.perf_counter()
         workers = [
             Worker(self._start)
