@@ -162,6 +162,7 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
         max_pixels=settings.max_pixels,
         memory_limit=settings.worker_memory_limit,
         hash_inputs=settings.log_predictions,
+        verbose=settings.log_level.lower() == "debug",
     )
     batcher = Batcher(
         pool,

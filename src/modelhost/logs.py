@@ -85,6 +85,28 @@ def announce(text: str) -> None:
             data = data[os.write(1, data):]
 
 
+@contextlib.contextmanager
+def quiet_stderr(quiet: bool = True):
+    """Send file descriptor 2 to /dev/null for the block (unless ``quiet`` is false).
+
+    TensorFlow's C++ start-up lines (oneDNN, CPU features, absl) are written straight to the
+    descriptor, before and regardless of ``TF_CPP_MIN_LOG_LEVEL``; they are noise to someone
+    running ``modelhost inspect``, and would break the server's one-JSON-object-per-line log.
+    Python errors are not lost: they are raised, and reported after the block.
+    """
+    if not quiet:
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def configure(level: str) -> None:
     """Send modelhost's and uvicorn's logs to stderr as JSON lines, through a writer thread."""
     logging.raiseExceptions = False  # a failing sink must not print tracebacks to itself

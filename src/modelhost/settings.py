@@ -30,6 +30,27 @@ def default_cache_dir() -> Path:
     return Path(base) / "modelhost"
 
 
+def confine_frameworks(cache_dir: Path, verbose: bool = False) -> None:
+    """Point the frameworks' own folders under ``cache_dir`` and quiet their start-up chatter.
+
+    Keras writes ``~/.keras/keras.json`` on import, ONNX Runtime a device id under
+    ``~/.cache``, torch and matplotlib keep caches in the home folder: modelhost writes only
+    under its configured folders (call this after ``Settings`` read its own defaults). Set
+    before any framework is imported (they read these once); the worker and conversion
+    processes inherit them.
+    Variables the user set are kept. TensorFlow's C++ INFO and WARNING lines (CPU features,
+    oneDNN) are hidden unless ``verbose``.
+    """
+    import os
+
+    homes = {"KERAS_HOME": "keras", "TORCH_HOME": "torch", "MPLCONFIGDIR": "matplotlib",
+             "TFHUB_CACHE_DIR": "tfhub", "XDG_CACHE_HOME": "cache"}
+    for variable, folder in homes.items():
+        os.environ.setdefault(variable, str(cache_dir / "frameworks" / folder))
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 class ConfigError(ValueError):
     """A setting names something unusable (a bad keys file, rate); start-up stops with it."""
 

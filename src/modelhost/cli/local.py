@@ -15,12 +15,13 @@ from rich.progress import track
 from rich.table import Table
 
 from ..inputs.images import to_tensor
+from ..logs import quiet_stderr
 from ..postprocess import probabilities, top_k
 from ..preprocessing import resolve
 from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, UntrustedCode, load_runtime
 from ..runtimes.convert import CONVERTIBLE
-from ..settings import Settings
+from ..settings import Settings, confine_frameworks
 from ..types import ModelSpec, Region, RuntimeOptions
 
 console = Console()
@@ -37,13 +38,20 @@ def predict(
     y: Annotated[float | None, Opt(help="Point of interest, pixels from the top.")] = None,
     crop: Annotated[float | None, Opt(help="Crop fraction around (x, y).")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of tables.")] = False,
+    trust_model_code: Annotated[bool, Opt("--trust-model-code",
+        help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
+    verbose: Annotated[bool, Opt("--verbose", help="Show the frameworks' start-up messages.")
+                       ] = False,
 ) -> None:
     """Print the top-k labels for each IMAGE."""
+    confine_frameworks(Settings().cache_dir, verbose)
     options = {"top_k": top, "x": x, "y": y, "crop": crop}
     if target.startswith(("http://", "https://")):
         results = _predict_remote(target, model, images, options)
     else:
-        results = _predict_local(Path(target), model, images, Region(x, y, crop), top)
+        options = RuntimeOptions(trust_code=trust_model_code)
+        results = _predict_local(Path(target), model, images, Region(x, y, crop), top, options,
+                                 verbose)
     for path, result in zip(images, results, strict=True):
         if as_json:
             typer.echo(orjson.dumps({"file": str(path), **result}).decode())
@@ -69,9 +77,9 @@ def _predict_remote(url: str, model: str | None, images: list[Path], options: di
 
 
 def _predict_local(target: Path, model: str | None, images: list[Path], region: Region,
-                   k: int) -> list[dict]:
-    spec = _pick(_load(target), model)
-    runtime = _runtime(spec)
+                   k: int, options: RuntimeOptions, verbose: bool) -> list[dict]:
+    spec = replace(_pick(_load(target), model), options=options)
+    runtime = _runtime(spec, verbose)
     prep = resolve(spec.config, runtime.info)
     settings = Settings()
     results = []
@@ -106,11 +114,14 @@ def inspect(
         help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
     input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,
     output_name: Annotated[str | None, Opt(help="Output tensor of a frozen TF graph.")] = None,
+    verbose: Annotated[bool, Opt("--verbose", help="Show the frameworks' start-up messages.")
+                       ] = False,
 ) -> None:
     """Print a model's inputs, outputs, ops, parameters, labels and preprocessing."""
+    confine_frameworks(Settings().cache_dir, verbose)
     options = RuntimeOptions("native", trust_model_code, input_name, output_name)
     spec = replace(_pick(_load(target, format), model), options=options)
-    runtime = _runtime(spec)
+    runtime = _runtime(spec, verbose)
     info, prep = runtime.info, resolve(spec.config, runtime.info)
     console.print(f"[bold]{spec.name}[/] version {spec.version} · {spec.format} · "
                   f"{spec.path.name} · {info.parameters:,} parameters")
@@ -167,8 +178,9 @@ def _only_model(names: list[str]):
     return names[0]
 
 
-def _runtime(spec: ModelSpec):
+def _runtime(spec: ModelSpec, verbose: bool):
     try:
-        return load_runtime(spec, threads=0)
+        with quiet_stderr(not verbose):
+            return load_runtime(spec, threads=0)
     except (RuntimeUnavailable, UntrustedCode, ValueError, OSError) as exc:
         raise typer.BadParameter(str(exc)) from None

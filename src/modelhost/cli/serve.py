@@ -14,7 +14,7 @@ from ..feedback.journal import JournalBusy
 from ..feedback.store import BadDatabaseUrl
 from ..repository import RepositoryError
 from ..runtimes.convert import ConversionError
-from ..settings import ConfigError, Settings
+from ..settings import ConfigError, Settings, confine_frameworks
 
 Opt = typer.Option
 
@@ -102,6 +102,7 @@ def serve(
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from None
     logs.configure(settings.log_level)
+    confine_frameworks(settings.cache_dir, verbose=settings.log_level.lower() == "debug")
     from ..assembly import serve as run
 
     try:

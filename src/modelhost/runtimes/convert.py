@@ -42,7 +42,7 @@ log = logging.getLogger("modelhost.convert")
 CONVERTIBLE = ("keras", "tf_savedmodel", "tf_frozen", "torchscript", "torch_export")
 MAX_ABS_DIFF = 1e-4
 TIE = 1e-5
-CONVERTER_VERSION = "1"  # bump when conversion changes, so that caches are redone
+CONVERTER_VERSION = "2"  # bump when conversion changes, so that caches are redone
 OPSET = 17
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -154,6 +154,7 @@ def convert(spec: ModelSpec, out: Path) -> dict:
         onnx_path = out / "model.onnx"
         _EXPORTERS[spec.format](source, prep, onnx_path)
         _set_metadata(onnx_path, {"modelhost.source_format": spec.format,
+                                  "modelhost.parameters": str(source.info.parameters),
                                   **({"modelhost.scaling": source.info.scaling}
                                      if source.info.scaling else {})})
         converted = OnnxRuntime(onnx_path, threads=0)

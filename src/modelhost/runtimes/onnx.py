@@ -54,17 +54,25 @@ class OnnxRuntime:
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
         ops, parameters = _graph_summary(graph)
+        metadata = self._session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo(
             inputs=tuple(_spec(t) for t in self._session.get_inputs()),
             outputs=tuple(_spec(t) for t in self._session.get_outputs()),
             ops=ops,
-            parameters=parameters,
+            parameters=_source_parameters(metadata) or parameters,
             producer=self._session.get_modelmeta().producer_name,
-            scaling=_own_scaling(self._session.get_modelmeta().custom_metadata_map),
+            scaling=_own_scaling(metadata),
         )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self._input: batch})[0]
+
+
+def _source_parameters(metadata: dict[str, str]) -> int:
+    """``modelhost.parameters``: the original model's count, written by the converter, so that
+    ``inspect`` and the served model state one number (conversion folds and adds constants)."""
+    value = metadata.get("modelhost.parameters", "")
+    return int(value) if value.isdigit() else 0
 
 
 def _own_scaling(metadata: dict[str, str]):

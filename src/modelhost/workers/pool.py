@@ -227,9 +227,9 @@ class ModelPool:
 
     def __init__(self, spec: ModelSpec, replicas: int, threads: int, start_timeout: float,
                  max_pixels: int, memory_limit: int | None = None,
-                 hash_inputs: bool = False) -> None:
+                 hash_inputs: bool = False, verbose: bool = False) -> None:
         self.spec = spec
-        self._start = Start(spec, threads, max_pixels, memory_limit, hash_inputs)
+        self._start = Start(spec, threads, max_pixels, memory_limit, hash_inputs, verbose)
         self._deaths: dict[bytes, int] = {}  # input digest → workers that died running it
         self.quarantined: set[bytes] = set()
         self._replicas = replicas
