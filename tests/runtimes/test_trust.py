@@ -70,3 +70,27 @@ def _wait_failed(server, model: str, timeout: float = 120) -> str:
             return error
         time.sleep(0.2)
     raise AssertionError(f"{model} did not fail:\n{server.log()}")
+
+
+def test_predict_runs_a_pipeline_locally_only_with_trust(built):
+    """``modelhost predict`` names --trust-model-code, and has it."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from .conftest import expected
+
+    model = str(built / "pipelines" / "digits_pipeline")
+    name, reference = next(iter(expected(built, "digits_pipeline").items()))
+    command = [sys.executable, "-m", "modelhost.cli", "predict", model,
+               str(built / "images" / name), "--json", "--top-k", "1"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--trust-model-code" in refused.stderr
+    done = subprocess.run([*command, "--trust-model-code"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    top = json.loads(done.stdout)["predictions"][0]
+    assert top["index"] == int(np.argmax(reference))
+    assert abs(top["score"] - float(np.max(reference))) <= 1e-4
