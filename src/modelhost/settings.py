@@ -171,6 +171,10 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Seconds one model's conversion to ONNX may take."
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines on stderr: json, text, or auto (text when stderr is a "
+        "terminal, JSON otherwise)."
+    )
     access_log: bool = Field(False, description="uvicorn's access log (predictions log anyway).")
     db: str = Field(
         default_factory=default_db_url,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -142,3 +145,50 @@ def test_inspect_prints_what_was_read(tmp_path):
                  "9 parameters", "labels (3): red, green, blue", "scaling tf",
                  "shorter side 12"):
         assert text in out, (text, out)
+
+
+def test_help_shows_every_default_extra_name_and_flag():
+    serve = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True,
+                           timeout=60).stdout
+    flat = " ".join(serve.split())  # help is wrapped at 80 columns
+    for text in ("Address to bind [default: 127.0.0.1].", "(needs modelhost[grpc])",
+                 "Requests allowed at once [the rate].", "[loopback names when bound to loopback]",
+                 "Address-space bytes per worker process [no limit].", "[under the cache dir]",
+                 "Queued requests per model before 503 [256]."):
+        assert text in flat, text
+    options = [line.split()[0] for line in serve.splitlines() if line.startswith("  --")]
+    assert "--keep-going" in options and "--allow-urls" in options
+    assert "<bool>" not in serve
+    report = subprocess.run([*CLI, "report", "--help"], capture_output=True, text=True,
+                            timeout=60).stdout
+    assert "[the server's default]" in report
+
+
+def test_log_lines_are_text_at_a_terminal_and_json_otherwise(tmp_path):
+    """stderr on a terminal (a pty here): text lines, no ``uvicorn.error`` label; piped: JSON."""
+    import pty
+
+    rgb_model(tmp_path / "m")
+    main, side = pty.openpty()
+    process = subprocess.Popen([*CLI, "serve", str(tmp_path / "m"), "--port", "0", "--db",
+                                f"sqlite:///{tmp_path / 'p.db'}"], stdout=subprocess.PIPE,
+                               stderr=side, text=True)
+    os.close(side)
+    try:
+        assert process.stdout.readline().startswith("modelhost serving on http://")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the process is gone
+        while chunk := os.read(main, 65536):
+            output += chunk
+    os.close(main)
+    lines = output.decode().splitlines()
+    assert any(line.endswith("INFO   model m loaded") for line in lines), lines
+    assert not any(line.startswith("{") or "uvicorn.error" in line for line in lines), lines
+    piped = start_server([str(tmp_path / "m")], tmp_path)
+    assert piped.stop() == 0
+    records = [json.loads(line) for line in piped.log().splitlines()]
+    assert {"uvicorn", "modelhost.service"} <= {r["logger"] for r in records}
+    assert "uvicorn.error" not in {r["logger"] for r in records}

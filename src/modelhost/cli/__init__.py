@@ -16,6 +16,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich markup would eat every "[...]" (the defaults, "modelhost[grpc]") and
+    # show on/off flags as taking a <bool> value.
+    rich_markup_mode=None,
 )
 app.command()(serve)
 app.command()(predict)
