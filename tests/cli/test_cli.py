@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from ..support import image_bytes, rgb_model, solid, start_server
 
@@ -192,3 +193,18 @@ def test_log_lines_are_text_at_a_terminal_and_json_otherwise(tmp_path):
     records = [json.loads(line) for line in piped.log().splitlines()]
     assert {"uvicorn", "modelhost.service"} <= {r["logger"] for r in records}
     assert "uvicorn.error" not in {r["logger"] for r in records}
+
+
+def test_predict_and_bench_against_a_server_that_is_down_say_so_at_once(tmp_path):
+    from ..support import free_port
+
+    image = tmp_path / "r.png"
+    image.write_bytes(solid((255, 0, 0)))
+    url = f"http://127.0.0.1:{free_port()}"
+    for command in (["predict", url, str(image)],
+                    ["bench", url, str(image), "-m", "rgb", "--duration", "30"]):
+        started = time.monotonic()
+        done = run(*command, timeout=60)
+        assert done.returncode == 2, done
+        assert done.stderr == f"modelhost: nothing answers at {url} (connection refused)\n"
+        assert time.monotonic() - started < 15  # not the 30 s run

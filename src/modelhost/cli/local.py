@@ -23,6 +23,7 @@ from ..runtimes.base import RuntimeUnavailable, UntrustedCode, load_runtime
 from ..runtimes.convert import CONVERTIBLE
 from ..settings import Settings, confine_frameworks
 from ..types import ModelSpec, Region, RuntimeOptions
+from .remote import ApiKey, key_headers, unreachable
 
 console = Console()
 Opt = typer.Option
@@ -42,12 +43,16 @@ def predict(
         help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
     verbose: Annotated[bool, Opt("--verbose", help="Show the frameworks' start-up messages.")
                        ] = False,
+    api_key: ApiKey = None,
 ) -> None:
     """Print the top-k labels for each IMAGE."""
     confine_frameworks(Settings().cache_dir, verbose)
     options = {"top_k": top, "x": x, "y": y, "crop": crop}
     if target.startswith(("http://", "https://")):
-        results = _predict_remote(target, model, images, options)
+        try:
+            results = _predict_remote(target, model, images, options, api_key)
+        except httpx.TransportError as exc:
+            unreachable(target, exc)
     else:
         options = RuntimeOptions(trust_code=trust_model_code)
         results = _predict_local(Path(target), model, images, Region(x, y, crop), top, options,
@@ -63,10 +68,12 @@ def _files(images: list[Path]):
     return track(images, description="predicting", console=console) if len(images) > 3 else images
 
 
-def _predict_remote(url: str, model: str | None, images: list[Path], options: dict) -> list[dict]:
+def _predict_remote(url: str, model: str | None, images: list[Path], options: dict,
+                    api_key: str | None) -> list[dict]:
     params = {k: v for k, v in options.items() if v is not None}
-    with httpx.Client(base_url=url.rstrip("/"), timeout=60) as client:
-        name = model or _only_model([m["name"] for m in client.get("/api/models").json()["models"]])
+    with httpx.Client(base_url=url.rstrip("/"), timeout=60, headers=key_headers(api_key)
+                      ) as client:
+        name = model or _only_model(_served_models(client))
         results = []
         for path in _files(images):
             with path.open("rb") as handle:
@@ -74,6 +81,15 @@ def _predict_remote(url: str, model: str | None, images: list[Path], options: di
                                        files={"image": (path.name, handle)})
             results.append(response.json())
         return results
+
+
+def _served_models(client: httpx.Client) -> list[str]:
+    response = client.get("/api/models")
+    if response.status_code != 200:
+        error = response.json().get("error", {})
+        typer.echo(f"modelhost: {error.get('code')}: {error.get('message')}", err=True)
+        raise typer.Exit(2)
+    return [m["name"] for m in response.json()["models"]]
 
 
 def _predict_local(target: Path, model: str | None, images: list[Path], region: Region,

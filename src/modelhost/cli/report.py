@@ -38,6 +38,8 @@ def report(
     window = (_utc(since), _utc(until), version)
     try:
         store.migrate()
+        if not store.count_predictions(model, None, None, None):
+            _not_found(model, as_json)
         judged, count = store.judged(model, *window), store.count_predictions(model, *window)
         out = figures.accuracy(judged, count)
     except StoreUnavailable as exc:
@@ -51,6 +53,17 @@ def report(
         typer.echo(orjson.dumps({"model": model, "version": version, **out}).decode())
         return
     _print(model, out)
+
+
+def _not_found(model: str, as_json: bool) -> None:
+    """What the API answers (404 ``not_found``) for a model with no prediction in the log:
+    an unknown name, most likely a typo; exit 1."""
+    message = f"no model named {model!r} in the prediction log"
+    if as_json:
+        typer.echo(orjson.dumps({"error": {"code": "not_found", "message": message}}).decode())
+    else:
+        typer.echo(f"modelhost: {message}", err=True)
+    raise typer.Exit(1)
 
 
 def _print(model: str, out: dict) -> None:
