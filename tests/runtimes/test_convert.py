@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from modelhost import __version__
 from modelhost.repository import load_repository
 from modelhost.runtimes.convert import cache_key
 from modelhost.types import RuntimeOptions
@@ -58,7 +59,15 @@ def test_failed_verification_serves_natively_and_says_why(built, tmp_path):
         assert server.stop() == 0
     assert "noisy_torch: serving with the torchscript runtime; conversion to ONNX failed" \
         in server.log()
-    assert not list((tmp_path / "cache" / "onnx").glob("[0-9a-f]*"))  # nothing cached
+    (folder,) = (tmp_path / "cache" / "onnx").glob("[0-9a-f]*")  # the failure is remembered
+    assert [p.name for p in folder.iterdir()] == [f"failed-{__version__}.json"]
+    again = start_server([str(built / "fallback"), "--cache-dir", str(tmp_path / "cache")],
+                         tmp_path, timeout=300)
+    try:  # no second attempt: the same answer, at once
+        assert again.client.get("/api/models/noisy_torch").json()["runtime"] == meta["runtime"]
+    finally:
+        assert again.stop() == 0
+    assert "converting" not in again.log()
 
 
 @pytest.mark.slow

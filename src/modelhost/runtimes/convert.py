@@ -99,11 +99,28 @@ def cache_key(spec: ModelSpec) -> str:
 
 
 def _read_report(target: Path) -> dict | None:
+    """The cached outcome: a verified model, or a failure recorded by this modelhost version
+    (a newer one may convert what this one cannot, so it tries again)."""
+    report = _report_file(target)
+    if report is not None and report.get("ok") and (target / "model.onnx").is_file():
+        return report
+    return _report_file(target, _failure_name())
+
+
+def _failure_name() -> str:
+    from .. import __version__
+
+    return f"failed-{__version__}.json"
+
+
+def _remember_failure(target: Path, report: dict) -> None:
+    """Keep a failed conversion's report, so that the next start does not spend the same
+    tens of seconds (or the whole timeout) failing again."""
     try:
-        report = json.loads((target / "report.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return report if report.get("ok") and (target / "model.onnx").is_file() else None
+        target.mkdir(parents=True, exist_ok=True)
+        (target / _failure_name()).write_text(json.dumps(report))
+    except OSError as exc:
+        log.warning("could not record the failed conversion in %s: %s", target, exc)
 
 
 def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float) -> dict:
@@ -119,21 +136,25 @@ def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float) -> dic
         report = _report_file(work)
         if report is None:
             tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            return {"ok": False, "reason": f"the converter exited with {done.returncode}: "
-                                           f"{tail[0][:300]}"}
+            report = {"ok": False, "reason": f"the converter exited with {done.returncode}: "
+                                             f"{tail[0][:300]}"}
         if report["ok"]:
             shutil.rmtree(target, ignore_errors=True)
             work.rename(target)
+        else:
+            _remember_failure(target, report)
         return report
     except subprocess.TimeoutExpired:
-        return {"ok": False, "reason": f"conversion took longer than {timeout:g}s"}
+        report = {"ok": False, "reason": f"conversion took longer than {timeout:g}s"}
+        _remember_failure(target, report)
+        return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _report_file(folder: Path) -> dict | None:
+def _report_file(folder: Path, name: str = "report.json") -> dict | None:
     try:
-        return json.loads((folder / "report.json").read_text())
+        return json.loads((folder / name).read_text())
     except (OSError, ValueError):
         return None
 
