@@ -47,6 +47,12 @@ def test_one_click_and_none_of_these_are_stored(page: Page, server, tmp_path):
         choices.nth(1).click()  # "no, the second label is right"
     assert answer.value.status == 200
     expect(page.locator("#feedback-status")).to_contain_text("recorded")
+    expect(choices.nth(1)).to_have_attribute("aria-pressed", "true")  # shown as chosen:
+    style = "(el, pseudo) => getComputedStyle(el, pseudo)"
+    assert choices.nth(1).evaluate(f"el => ({style})(el, '::before').content") == '"✓ "'
+    backgrounds = [choices.nth(i).evaluate(f"el => ({style})(el, null).backgroundColor")
+                   for i in range(3)]
+    assert backgrounds[0] == backgrounds[2] != backgrounds[1]  # filled, the others outlined
     wrong = answer.value.json()
     assert wrong["correct"] is False and wrong["label"] in ("red", "blue")
 
@@ -108,3 +114,18 @@ def image_bytes_of(colour: str) -> bytes:
 
 def _pct(value) -> str:
     return "–" if value is None else f"{value * 100:.1f} %"
+
+
+def test_the_url_field_only_when_urls_are_allowed_and_a_docs_link(browser, page: Page,  # noqa: F811
+                                                                   repo_server):
+    expect(page.locator("#url-form")).to_be_hidden()  # this server does not fetch URLs
+    docs = page.locator("footer a[href=docs]")
+    expect(docs).to_have_text("API docs")
+    with page.expect_navigation():
+        docs.click()
+    assert page.url.endswith("/docs") and page.title()
+    allowing = open_page(browser, repo_server.url)  # --allow-urls
+    try:
+        expect(allowing.locator("#url-form")).to_be_visible()
+    finally:
+        allowing.context.close()

@@ -77,7 +77,7 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings,
     app.include_router(routes_ops.router(service, metrics))
     app.include_router(routes_v2.router(service, metrics, settings, control))
     app.include_router(routes_tfserving.router(service, metrics, settings))
-    app.include_router(pages.router())
+    app.include_router(pages.router(allow_urls=settings.allow_urls))
     docs.install(app)
     app.mount("/static", pages.static_files(), name="static")
     app.add_middleware(BodyLimit, max_body=settings.max_body)
