@@ -80,3 +80,20 @@ def test_runtime_onnx_refuses_a_model_that_does_not_convert(built, tmp_path):
     assert done.returncode == 2
     assert "noisy_torch: model.pt cannot be served with ONNX Runtime (--runtime onnx): " \
            "ValueError: the ONNX model disagrees" in done.stderr
+
+
+@pytest.mark.slow
+def test_prepare_converts_ahead_of_time_and_serve_converts_nothing(built, tmp_path):
+    model = str(built / "repo" / "digits_h5")
+    cache = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-m", "modelhost.cli", "prepare", model,
+                           "--cache-dir", cache], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("digits_h5: ONNX Runtime, converted from keras: verified on 8 "
+                                  "inputs")
+    server = start_server([model, "--cache-dir", cache], tmp_path)
+    try:
+        assert_matches_framework(server, built, "digits_h5")
+    finally:
+        assert server.stop() == 0
+    assert "converting" not in server.log()

@@ -1,5 +1,5 @@
-"""The ``modelhost`` command: serve, predict, inspect, bench, report. Each command parses its flags
-and calls library code; nothing else here."""
+"""The ``modelhost`` command: serve, predict, inspect, prepare, bench, report. Each command parses
+its flags and calls library code; nothing else here."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 from .bench import bench
 from .keys import app as keys
 from .local import inspect, predict
+from .prepare import prepare
 from .report import report
 from .serve import serve
 
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.command()(serve)
 app.command()(predict)
 app.command()(inspect)
+app.command()(prepare)
 app.command()(bench)
 app.command()(report)
 app.add_typer(keys, name="keys")

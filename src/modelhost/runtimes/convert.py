@@ -139,8 +139,7 @@ def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float) -> dic
             report = {"ok": False, "reason": f"the converter exited with {done.returncode}: "
                                              f"{tail[0][:300]}"}
         if report["ok"]:
-            shutil.rmtree(target, ignore_errors=True)
-            work.rename(target)
+            _install(work, target)
         else:
             _remember_failure(target, report)
         return report
@@ -150,6 +149,17 @@ def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float) -> dic
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _install(work: Path, target: Path) -> None:
+    """Move a verified conversion into place. Pods sharing the cache (one volume) may convert
+    the same model at once: the first to arrive wins, the others keep its result."""
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        work.rename(target)
+    except OSError:
+        if _read_report(target) is None or not _read_report(target).get("ok"):
+            raise
 
 
 def _report_file(folder: Path, name: str = "report.json") -> dict | None:
