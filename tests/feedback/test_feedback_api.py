@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine, select
@@ -87,6 +88,9 @@ def test_predictions_and_feedback_are_stored_and_reported(server):
 
     latency = server.client.get("/api/models/rgb/latency").json()
     assert sum(b["count"] for b in latency["series"]) == 3
+    since = datetime.fromisoformat(latency["since"])  # bounded by default: the last 24 hours
+    assert abs(datetime.now(UTC) - timedelta(hours=24) - since) < timedelta(minutes=1)
+    assert latency["until"] is None
 
     metrics = server.client.get("/metrics").text
     assert "modelhost_prediction_log_database_up 1.0" in metrics

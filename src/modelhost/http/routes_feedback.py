@@ -4,7 +4,7 @@ and latency per model (the dashboard and `modelhost report` show the same number
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -89,14 +89,33 @@ def router(service: PredictionService, prediction_log: PredictionLog | None, *,
         return JSON({"model": model, "version": version, "since": _iso(since),
                      "until": _iso(until), **report.accuracy(judged, count)})
 
-    @api.get("/models/{model}/latency", summary="Latency percentiles and throughput over time")
+    @api.get("/models/{model}/latency", summary="Latency percentiles and throughput over time",
+             description="The last 24 hours unless `since` or `until` is given; at most 48 "
+                         "buckets, computed in the database.")
     async def latency(model: str, since: Since = None, until: Until = None,
                       version: Version = None) -> JSON:
         store = _store_for(service, the_log(), model)
-        timings = await _read(lambda: store.timings(model, _utc(since), _utc(until), version))
-        return JSON({"model": model, "version": version, **report.latency(timings)})
+        if since is None and until is None:
+            since = datetime.now(UTC) - LATENCY_WINDOW
+        window = (_utc(since), _utc(until), version)
+        figures = await _read(lambda: _latency(store, model, window))
+        return JSON({"model": model, "version": version, "since": _iso(since),
+                     "until": _iso(until), **figures})
 
     return api
+
+
+LATENCY_WINDOW = timedelta(hours=24)  # the default window: bounded, whatever the log holds
+
+
+def _latency(store, model: str, window: tuple) -> dict:
+    """Two queries: the window's time span, then the rows around each percentile."""
+    span = store.time_span(model, *window)
+    if span is None:
+        return report.latency(None, None, [])
+    seconds, edges = report.latency_buckets(*span)
+    ranks = store.latency_ranks(model, *window, edges, report.QUANTILES)
+    return report.latency(span[0], seconds, ranks)
 
 
 def _labels_of(service: PredictionService, name: str) -> frozenset[str]:
