@@ -107,6 +107,14 @@ def test_dashboard_shows_the_apis_numbers(page: Page, server):
             " let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n; }",
             chart)
         assert drawn > 500, chart  # pixels actually painted
+    for chart in ("chart-accuracy", "chart-latency", "chart-throughput"):
+        axis = page.evaluate(
+            "id => { const c = Chart.getChart(document.getElementById(id)); const x = c.scales.x;"
+            " return {type: x.type, min: x.min, max: x.max, tick: x.ticks[0].label,"
+            " xs: c.data.datasets.flatMap(d => d.data).map(p => p.x)}; }", chart)
+        assert axis["type"] == "linear", chart  # time, not evenly spaced categories
+        assert all(axis["min"] < x < axis["max"] for x in axis["xs"]), (chart, axis)
+        assert not axis["tick"].replace(",", "").isdigit(), axis  # a date, not epoch ms
     page.screenshot(path="/tmp/modelhost_dashboard.png", full_page=True)
 
 def image_bytes_of(colour: str) -> bytes:
