@@ -97,3 +97,32 @@ def test_prepare_converts_ahead_of_time_and_serve_converts_nothing(built, tmp_pa
     finally:
         assert server.stop() == 0
     assert "converting" not in server.log()
+
+
+@pytest.mark.slow
+def test_a_dynamic_batch_export_converts_with_the_batch_kept_dynamic(built, tmp_path):
+    """A .pt2 whose forward uses x.view(x.shape[0], -1), exported with a dynamic batch."""
+    import numpy as np
+    import onnxruntime
+
+    model = built / "dynamic" / "view_export"
+    cache = tmp_path / "cache"
+    done = subprocess.run([sys.executable, "-m", "modelhost.cli", "prepare", str(model),
+                           "--cache-dir", str(cache)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("view_export: ONNX Runtime, converted from torch_export: "
+                                  "verified on 8 inputs"), done.stdout
+    assert "at batch sizes 1, 2 and 8" in done.stdout
+    (onnx_file,) = cache.glob("onnx/*/model.onnx")
+    session = onnxruntime.InferenceSession(str(onnx_file))
+    assert not isinstance(session.get_inputs()[0].shape[0], int)  # a named, dynamic axis
+    for size in (1, 2, 8, 13):
+        out = session.run(None, {session.get_inputs()[0].name:
+                                 np.zeros((size, 1, 8, 8), np.float32)})[0]
+        assert out.shape == (size, 10)
+    server = start_server([str(model), "--cache-dir", str(cache)], tmp_path)
+    try:
+        assert_matches_framework(server, built, "view_export")
+    finally:
+        assert server.stop() == 0

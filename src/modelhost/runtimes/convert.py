@@ -189,7 +189,7 @@ def convert(spec: ModelSpec, out: Path) -> dict:
                                   **({"modelhost.scaling": source.info.scaling}
                                      if source.info.scaling else {})})
         converted = OnnxRuntime(onnx_path, threads=0)
-        detail = verify(source, converted, sample_inputs(spec, prep), spec.config.output_kind)
+        detail = verify_batches(source, converted, spec, prep)
         report = {"ok": True, "detail": f"{detail}, {time.perf_counter() - started:.1f}s"}
     except Exception as exc:
         text = first_line(exc)
@@ -198,6 +198,17 @@ def convert(spec: ModelSpec, out: Path) -> dict:
                   "unloadable": isinstance(exc, ModelFileError | UntrustedCode)}
     (out / "report.json").write_text(json.dumps(report))
     return report
+
+
+def verify_batches(source, converted, spec: ModelSpec, prep: Preprocessing) -> str:
+    """Verify at batch 1, 2 and the configured maximum: a batch size baked into the graph
+    (a traced ``Reshape [2, -1]``) fails here, not on the first request of another size."""
+    largest = spec.config.max_batch_size
+    batch = sample_inputs(spec, prep, count=max(8, largest))
+    for size in sorted({1, 2, largest} - {len(batch)}):
+        verify(source, converted, batch[:size], spec.config.output_kind)
+    return (verify(source, converted, batch, spec.config.output_kind)
+            + f", at batch sizes 1, 2 and {largest}")
 
 
 def verify(source, converted, batch: np.ndarray, output_kind: str) -> str:
@@ -293,6 +304,7 @@ def _export_frozen(source, prep: Preprocessing, path: Path) -> None:
 
 
 def _export_torch(source, prep: Preprocessing, path: Path) -> None:
+    """TorchScript: traced at batch 2 with the batch axis marked dynamic."""
     import torch
 
     from ..preprocessing import tensor_shape
@@ -300,14 +312,21 @@ def _export_torch(source, prep: Preprocessing, path: Path) -> None:
     dummy = torch.zeros(tensor_shape(prep, 2), dtype=getattr(torch, prep.dtype))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        module = source.module
-        if not isinstance(module, torch.jit.ScriptModule):
-            # An exported program's module cannot be put in train mode, which the TorchScript
-            # exporter does; a trace of it can (the dynamo exporter would need onnxscript).
-            module = torch.jit.trace(module, dummy)
-        torch.onnx.export(module, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["output"],
+        torch.onnx.export(source.module, (dummy,), str(path), dynamo=False,
+                          opset_version=OPSET, input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+
+
+def _export_program(source, prep: Preprocessing, path: Path) -> None:
+    """torch.export: the exported program itself, with its own dynamic dimensions (a trace
+    of it would bake the example's batch into shapes such as ``Reshape [2, -1]``)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(source.program, dynamo=True, opset_version=OPSET,
+                                         verbose=False)
+        onnx_program.save(str(path))
 
 
 _EXPORTERS = {
@@ -315,7 +334,7 @@ _EXPORTERS = {
     "tf_savedmodel": _export_savedmodel,
     "tf_frozen": _export_frozen,
     "torchscript": _export_torch,
-    "torch_export": _export_torch,
+    "torch_export": _export_program,
 }
 
 
