@@ -42,6 +42,7 @@ class PredictRequest:
     region: Region = field(default_factory=Region)
     top_k: int | None = None
     client: str | None = None  # the API key's name, for the prediction log
+    bench: bool = False  # load-test traffic (X-Modelhost-Bench): logged, marked
 
 
 @dataclass
@@ -291,7 +292,7 @@ class PredictionService:
         if self.prediction_log is not None:
             self.prediction_log.record(prediction, data=data, sha256=out.sha256,
                                        region=request.region, client=request.client,
-                                       request_id=request_id)
+                                       request_id=request_id, bench=request.bench)
         return prediction
 
     @contextlib.contextmanager

@@ -44,6 +44,31 @@ def test_migrations_build_exactly_the_schema(store):
     assert {"ix_predictions_model_created", "ix_predictions_created"} <= indexes
 
 
+def test_a_log_from_before_the_bench_flag_is_upgraded_in_place(db_url):
+    """A database at revision 0001 (no ``bench`` column) keeps its rows, all unmarked."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from modelhost.feedback.store import MIGRATIONS
+
+    old = Store(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(text("INSERT INTO predictions (id, created_at, model, version, "
+                          "input_sha256, labels, scores, decode_ms, queue_ms, inference_ms, "
+                          "total_ms, batch_size) VALUES ('a', '2026-11-01 10:00:00', 'pets', "
+                          "'1', 'ab', '[\"cat\"]', '[1.0]', 0, 0, 0, 1, 1)"))
+    old.close()
+    store = Store(db_url)
+    store.migrate()
+    assert store.count_predictions("pets", None, None, None) == 1  # kept, not bench
+    store.close()
+
+
 def test_replayed_records_are_stored_once_and_feedback_is_updated_in_place(store):
     batch = [prediction(1), prediction(2), feedback(1, "dog", False)]
     store.write(batch)

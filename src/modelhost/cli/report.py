@@ -29,6 +29,8 @@ def report(
     version: Annotated[str | None, Opt(help="Only this model version.")] = None,
     csv_file: Annotated[Path | None, Opt("--csv", help="Also write per-label rows here.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the API's JSON instead.")] = False,
+    include_bench: Annotated[bool, Opt("--include-bench",
+        help="Also count load-test traffic (modelhost bench's requests).")] = False,
 ) -> None:
     """Accuracy of MODEL from users' feedback: top-1/top-k with 95 % intervals, per label."""
     try:
@@ -38,9 +40,10 @@ def report(
     window = (_utc(since), _utc(until), version)
     try:
         store.migrate()
-        if not store.count_predictions(model, None, None, None):
+        if not store.count_predictions(model, None, None, None, include_bench=True):
             _not_found(model, as_json)
-        judged, count = store.judged(model, *window), store.count_predictions(model, *window)
+        judged = store.judged(model, *window, include_bench)
+        count = store.count_predictions(model, *window, include_bench)
         out = figures.accuracy(judged, count)
     except StoreUnavailable as exc:
         console.print(f"[red]the database is unavailable:[/red] {exc}")

@@ -86,14 +86,17 @@ class Store:
         return row._asdict() if row else None
 
     def count_predictions(self, model: str, since: datetime | None, until: datetime | None,
-                          version: str | None) -> int:
+                          version: str | None, include_bench: bool = False) -> int:
+        """Predictions in the window; load-test traffic only when ``include_bench``."""
         query = _window(select(func.count()).select_from(predictions), model, since, until,
                         version)
+        if not include_bench:
+            query = query.where(predictions.c.bench.is_(False))
         with _available(), self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
     def judged(self, model: str, since: datetime | None, until: datetime | None,
-               version: str | None) -> list[dict]:
+               version: str | None, include_bench: bool = False) -> list[dict]:
         """Predictions that got feedback, with what the user chose."""
         query = _window(
             select(predictions.c.id, predictions.c.created_at, predictions.c.version,
@@ -102,6 +105,8 @@ class Store:
             .join(feedback, feedback.c.prediction_id == predictions.c.id),
             model, since, until, version,
         ).order_by(predictions.c.created_at)
+        if not include_bench:
+            query = query.where(predictions.c.bench.is_(False))
         with _available(), self.engine.connect() as conn:
             rows = [row._asdict() for row in conn.execute(query)]
         for row in rows:
@@ -227,7 +232,7 @@ def _prediction_row(r: dict) -> dict:
         "top1": r["labels"][0] if r["labels"] else None, "decode_ms": r["decode_ms"],
         "queue_ms": r["queue_ms"], "inference_ms": r["inference_ms"], "total_ms": r["total_ms"],
         "batch_size": r["batch_size"], "client": r.get("client"),
-        "request_id": r.get("request_id"),
+        "request_id": r.get("request_id"), "bench": bool(r.get("bench", False)),
     }
 
 

@@ -48,6 +48,11 @@ def deadline_for(request: Request, timeout: float) -> float:
     return asyncio.get_running_loop().time() + timeout
 
 
+def is_bench(request: Request) -> bool:
+    """``X-Modelhost-Bench: 1`` (sent by ``modelhost bench``): load-test traffic."""
+    return request.headers.get("x-modelhost-bench", "") == "1"
+
+
 def client_of(request: Request) -> str | None:
     """The authenticated API key's name (set by the auth middleware), if any."""
     return getattr(request.state, "api_key_name", None)
@@ -65,7 +70,7 @@ async def read_predict_request(request: Request, deadline: float) -> PredictRequ
     merged = {k: v for k, v in request.query_params.items() if k in _OPTION_NAMES}
     merged.update(options)
     return PredictRequest(source=source, region=_region(merged), top_k=_top_k(merged),
-                          client=client_of(request))
+                          client=client_of(request), bench=is_bench(request))
 
 
 def query_source(request: Request) -> PredictRequest:
@@ -77,7 +82,7 @@ def query_source(request: Request) -> PredictRequest:
     source: Source = RemoteUrl(url) if url is not None else ServerPath(path or "")
     options = {k: v for k, v in params.items() if k in _OPTION_NAMES}
     return PredictRequest(source=source, region=_region(options), top_k=_top_k(options),
-                          client=client_of(request))
+                          client=client_of(request), bench=is_bench(request))
 
 
 async def _read_body(request: Request) -> tuple[Source, dict]:

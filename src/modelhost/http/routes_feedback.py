@@ -48,6 +48,9 @@ class FeedbackOut(BaseModel):
 Since = Annotated[datetime | None, Query(description="ISO time; from this moment on.")]
 Until = Annotated[datetime | None, Query(description="ISO time; before this moment.")]
 Version = Annotated[str | None, Query(description="Only this model version.")]
+IncludeBench = Annotated[bool, Query(description="Also count load-test traffic (requests "
+                                                 "marked X-Modelhost-Bench: 1, as `modelhost "
+                                                 "bench` sends).")]
 
 
 def router(service: PredictionService, prediction_log: PredictionLog | None, *,
@@ -81,9 +84,9 @@ def router(service: PredictionService, prediction_log: PredictionLog | None, *,
 
     @api.get("/models/{model}/accuracy", summary="Accuracy learned from users' feedback")
     async def accuracy(model: str, since: Since = None, until: Until = None,
-                       version: Version = None) -> JSON:
+                       version: Version = None, include_bench: IncludeBench = False) -> JSON:
         store = _store_for(service, the_log(), model)
-        window = (_utc(since), _utc(until), version)
+        window = (_utc(since), _utc(until), version, include_bench)
         count, judged = await _read(
             lambda: (store.count_predictions(model, *window), store.judged(model, *window)))
         return JSON({"model": model, "version": version, "since": _iso(since),
