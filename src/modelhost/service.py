@@ -375,8 +375,9 @@ def _summary(model: ServedModel) -> dict:
         "inputs": [[t.name, t.dtype, list(t.shape)] for t in info.inputs],
         "outputs": [[t.name, t.dtype, list(t.shape)] for t in info.outputs],
         "labels": len(model.spec.labels), "parameters": info.parameters,
-        "preprocessing": {"size": list(prep.size), "layout": prep.layout,
-                          "scaling": prep.scaling, "resize": prep.resize},
+        "preprocessing": {"whole_image": True} if info.whole_image else {
+            "size": list(prep.size), "layout": prep.layout, "scaling": prep.scaling,
+            "resize": prep.resize},
         "workers": model.pool.ready_workers,
     }
 

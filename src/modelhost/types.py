@@ -128,6 +128,7 @@ class ModelInfo:
     producer: str = ""
     scaling: Scaling | None = None  # "none" when the model scales its own input (Rescaling)
     graph: tuple[tuple[str, str, str], ...] = ()  # every op (name, type, shape): frozen graphs
+    whole_image: bool = False  # predict_image gets the upright RGB image itself, any size
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,17 @@ def inspect(
         console.print(graph)
     shown = ", ".join(spec.labels[:10]) + (" …" if len(spec.labels) > 10 else "")
     console.print(f"labels ({len(spec.labels)}): {shown or 'none (indices are used)'}")
+    if info.whole_image:
+        console.print("input: the whole image, upright (EXIF orientation applied), RGB, at its "
+                      "own size, cropped only around (x, y) if asked; predict_image prepares it")
+    else:
+        _print_preprocessing(spec, info, prep)
+    console.print(f"output: {spec.config.output_kind} (softmax unless already probabilities)")
+    if spec.format in CONVERTIBLE:
+        console.print("runtime: converted to ONNX and verified when served (--runtime auto)")
+
+
+def _print_preprocessing(spec: ModelSpec, info, prep) -> None:
     console.print(
         f"preprocessing: {prep.size[0]}×{prep.size[1]} {prep.layout} {prep.dtype}, "
         f"{'greyscale' if prep.channels == 1 else 'BGR' if prep.bgr else 'RGB'}, "
@@ -167,9 +178,6 @@ def inspect(
         + f"{prep.resample} resampling"
         + (f", default crop {prep.default_crop:g} around (x, y)" if prep.default_crop else "")
     )
-    console.print(f"output: {spec.config.output_kind} (softmax unless already probabilities)")
-    if spec.format in CONVERTIBLE:
-        console.print("runtime: converted to ONNX and verified when served (--runtime auto)")
 
 
 def _load(target: Path, fmt: str | None = None) -> list[ModelSpec]:
