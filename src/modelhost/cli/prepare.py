@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from .. import logs
 from ..download import DownloadError
 from ..repository import RepositoryError
 from ..runtimes.convert import ConversionError
@@ -35,6 +36,7 @@ def prepare(
     """Convert MODELS (or the demo models) to ONNX and verify them, as serve would."""
     flags = {k: v for k, v in locals().items() if v is not None and v is not False}
     settings = Settings(**flags)
+    logs.configure(settings.log_level, settings.log_format)  # "converting …" as it starts
     confine_frameworks(settings.cache_dir)
     from ..assembly import model_specs  # the server's imports, only for this command
 
