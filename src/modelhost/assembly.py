@@ -1,4 +1,5 @@
-"""The composition root: settings → repository → worker pools → batchers → service → app.
+"""The composition root: settings → repository → worker pools → batchers → registry →
+predictor → app.
 
 Every long-lived object is built here, once, and handed to the objects that use it.
 """
@@ -15,7 +16,8 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from .apikeys import KeyRing
+from .access.keys import KeyRing
+from .access.limits import Limiter, limiter_for
 from .batching.batcher import Batcher
 from .demo import DEMO_DIR, imagenet_available
 from .download import fetch_model
@@ -24,15 +26,16 @@ from .feedback.recorder import PredictionLog
 from .feedback.store import Store
 from .http.app import create_app
 from .http.protocol import http_protocol
-from .http.ratelimit import Limiter, limiter_for
 from .http.server import Server
 from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
 from .metrics import Metrics
 from .model_control import ModelControl
+from .predictor import Predictor
+from .registry import Registry, ServedModel
+from .reloader import Reloader
 from .repository import load_repository
 from .runtimes.convert import prepare
-from .service import PredictionService, ServedModel
 from .settings import ConfigError, Settings
 from .types import ModelSpec, RuntimeOptions
 from .watch import RepositoryWatcher
@@ -66,26 +69,31 @@ def _prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:
     return prepare(spec, settings.cache_dir, settings.convert_timeout)
 
 
-def _watcher(settings: Settings, service: PredictionService) -> RepositoryWatcher | None:
-    if not settings.watch or settings.models is None:
-        return None
-    return RepositoryWatcher(
-        settings.models, service, scan=lambda: _scan(settings.models, settings),
-        prepare=lambda spec: _prepared(spec, settings),
-        build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace,
-    )
-
-
-def _control(settings: Settings, service: PredictionService) -> ModelControl | None:
-    if not settings.model_control:
-        return None
-    if settings.models is None:
+def _reloader(settings: Settings, registry: Registry) -> Reloader | None:
+    """The one reloader behind --watch and --model-control (None when neither is on)."""
+    if settings.model_control and settings.models is None:
         raise ConfigError("--model-control needs a model folder (not the demos or a URL)")
-    return ModelControl(
-        service, scan=lambda: _scan(settings.models, settings),
-        prepare=lambda spec: _prepared(spec, settings),
-        build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace,
-    )
+    if not (settings.watch or settings.model_control) or settings.models is None:
+        return None  # --watch on the demos or a URL: nothing to watch
+    root = settings.models
+    return Reloader(registry, scan=lambda: _scan(root, settings),
+                    prepare=lambda spec: _prepared(spec, settings),
+                    build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace)
+
+
+def _watcher(settings: Settings, registry: Registry,
+             reloader: Reloader | None) -> RepositoryWatcher | None:
+    if not settings.watch or settings.models is None or reloader is None:
+        return None
+    return RepositoryWatcher(settings.models, registry, reloader,
+                             _scan(settings.models, settings))
+
+
+def _control(settings: Settings, registry: Registry,
+             reloader: Reloader | None) -> ModelControl | None:
+    if not settings.model_control or reloader is None:
+        return None
+    return ModelControl(registry, reloader)
 
 
 def demo_specs(cache_dir: Path) -> list[ModelSpec]:
@@ -118,8 +126,18 @@ def _refresh_config(target: Path) -> None:
         config.write_text(TOML)
 
 
-def build_service(settings: Settings, specs: list[ModelSpec]) -> tuple[PredictionService, Metrics]:
-    served = [_served_model(spec, settings) for spec in specs]
+@dataclass(frozen=True)
+class Core:
+    """The long-lived objects every transport shares: one registry, one predictor."""
+
+    registry: Registry
+    predictor: Predictor
+    metrics: Metrics
+
+
+def build_core(settings: Settings, specs: list[ModelSpec]) -> Core:
+    registry = Registry([_served_model(spec, settings) for spec in specs],
+                        keep_going=settings.keep_going)
     fetcher = (
         UrlFetcher(allow_private=settings.allow_private_urls, max_bytes=settings.url_max_bytes,
                    timeout=settings.url_timeout, max_redirects=settings.url_max_redirects)
@@ -128,15 +146,14 @@ def build_service(settings: Settings, specs: list[ModelSpec]) -> tuple[Predictio
     sources = SourceReader(path_root=settings.allow_path_root, fetcher=fetcher,
                            max_bytes=settings.max_body)
     metrics = Metrics()
-    service = PredictionService(
-        served, sources, metrics,
-        max_pixels=settings.max_pixels, keep_going=settings.keep_going,
+    predictor = Predictor(
+        registry, sources, metrics, max_pixels=settings.max_pixels,
         prediction_log=prediction_log(settings) if settings.log_predictions else None,
     )
-    metrics.watch(service.state_rows)
-    if service.prediction_log is not None:
-        metrics.watch_prediction_log(service.prediction_log.state)
-    return service, metrics
+    metrics.watch(registry.state_rows)
+    if predictor.prediction_log is not None:
+        metrics.watch_prediction_log(predictor.prediction_log.state)
+    return Core(registry, predictor, metrics)
 
 
 def prediction_log(settings: Settings) -> PredictionLog:
@@ -174,12 +191,6 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
     return ServedModel(spec, pool, batcher)
 
 
-def build_app(settings: Settings) -> FastAPI:
-    """The app for ``settings`` (also used by tests and ASGI servers)."""
-    service, metrics = build_service(settings, model_specs(settings))
-    return _app(service, metrics, settings, _Door.of(settings))
-
-
 @dataclass(frozen=True)
 class _Door:
     """The API keys and the rate limiter, one of each, shared by the HTTP and gRPC ports."""
@@ -193,38 +204,46 @@ class _Door:
         return cls(keys, limiter_for(settings))
 
 
-def _app(service: PredictionService, metrics: Metrics, settings: Settings,
-         door: _Door) -> FastAPI:
-    return create_app(service, metrics, settings, keys=door.keys, limiter=door.limiter,
-                      watcher=_watcher(settings, service), control=_control(settings, service))
+def _app(core: Core, settings: Settings, door: _Door) -> FastAPI:
+    reloader = _reloader(settings, core.registry)
+    return create_app(core.registry, core.predictor, core.metrics, settings, keys=door.keys,
+                      limiter=door.limiter, watcher=_watcher(settings, core.registry, reloader),
+                      control=_control(settings, core.registry, reloader))
 
 
-def _grpc(service: PredictionService, metrics: Metrics, settings: Settings, door: _Door):
+def _grpc(core: Core, settings: Settings, door: _Door):
     """The gRPC endpoint when a port is set (grpcio loads only then)."""
     if settings.grpc_port is None:
         return None
     from .grpc_guard import Guard
     from .grpc_server import GrpcServer
 
-    return GrpcServer(service, metrics, settings,
+    return GrpcServer(core.registry, core.predictor, core.metrics, settings,
                       guard=Guard(door.keys, door.limiter, settings.protect_ops))
+
+
+def build_server(settings: Settings, loop: str = "uvloop") -> tuple[Server, Core]:
+    """The HTTP (and gRPC) server for ``settings``, not yet running, and the core it serves
+    (``serve`` runs it in the main thread; tests may run it in another)."""
+    core = build_core(settings, model_specs(settings))
+    door = _Door.of(settings)
+    protocol = http_protocol(settings)
+    config = uvicorn.Config(
+        _app(core, settings, door), host=settings.host, port=settings.port, loop=loop,
+        http=protocol, lifespan="on", log_config=None,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
+    )
+    server = Server(config, core.registry, grace=settings.drain_grace,
+                    grpc=_grpc(core, settings, door), guard=protocol.guard)
+    return server, core
 
 
 def serve(settings: Settings) -> int:
     """Run the server until it is stopped; the process exit status."""
-    service, metrics = build_service(settings, model_specs(settings))
-    door = _Door.of(settings)
-    app = _app(service, metrics, settings, door)
-    protocol = http_protocol(settings)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", http=protocol,
-        lifespan="on", log_config=None, access_log=settings.access_log,
-        timeout_graceful_shutdown=max(1.0, settings.drain_grace), server_header=False,
-    )
-    server = Server(config, service, grace=settings.drain_grace,
-                    grpc=_grpc(service, metrics, settings, door), guard=protocol.guard)
+    server, core = build_server(settings)
     server.run()
-    if service.lifecycle.fatal:
+    if core.registry.lifecycle.fatal:
         # the failure itself was logged, once, as it happened
         log.info("stopping: a model did not load (--keep-going serves the others)")
         return 1

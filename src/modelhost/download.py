@@ -25,10 +25,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from .errors import StartupError
+
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-class DownloadError(Exception):
+class DownloadError(StartupError):
     """The model could not be fetched, or its bytes are not the ones named by ``--sha256``."""
 
 

@@ -1,4 +1,8 @@
-"""The one exception hierarchy of modelhost; it knows nothing about the web.
+"""modelhost's two exception roots; they know nothing about the web.
+
+:class:`StartupError` is everything that stops a start (a bad setting, keys file, model file,
+database URL, a model that cannot load or convert): the operator reads its one line, which may
+name server files, so it is never rendered to a client and the CLI catches this one type.
 
 Every failure a client can see is a :class:`ModelhostError` with a stable ``code``, an HTTP
 ``status`` and a message that never holds a traceback, a server path, file contents or a secret.
@@ -10,6 +14,7 @@ boundary as ``(code, message)`` records and the parent rebuilds them with :func:
     ├── Unauthorized            401 unauthorized
     ├── Forbidden               403 forbidden
     ├── NotFound                404 not_found
+    ├── MethodNotAllowed        405 method_not_allowed
     ├── RequestTimeout          408 request_timeout
     ├── TooLarge                413 body_too_large | image_too_large | download_too_large
     ├── UnsupportedMedia        415 unsupported_media_type | unsupported_image_format
@@ -24,6 +29,8 @@ boundary as ``(code, message)`` records and the parent rebuilds them with :func:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class ModelhostError(Exception):
     """Base class: a client-visible failure with a stable code."""
@@ -31,11 +38,13 @@ class ModelhostError(Exception):
     status: int = 500
     default_code: str = "internal_error"
 
-    def __init__(self, message: str, code: str | None = None, retry_after: float | None = None):
+    def __init__(self, message: str, code: str | None = None, retry_after: float | None = None,
+                 headers: Mapping[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.retry_after = retry_after
+        self.headers = dict(headers or {})  # what the refusal must say besides its body
 
 
 class MalformedRequest(ModelhostError):
@@ -52,6 +61,10 @@ class Forbidden(ModelhostError):
 
 class NotFound(ModelhostError):
     status, default_code = 404, "not_found"
+
+
+class MethodNotAllowed(ModelhostError):
+    status, default_code = 405, "method_not_allowed"
 
 
 class RequestTimeout(ModelhostError):
@@ -122,3 +135,8 @@ _BY_CODE: dict[str, type[ModelhostError]] = {
 def from_code(code: str, message: str) -> ModelhostError:
     """Rebuild an error from the ``(code, message)`` record a worker sent."""
     return _BY_CODE.get(code, InternalError)(message, code)
+
+
+class StartupError(Exception):
+    """Stops a start: the CLI prints its message as one line and exits 2 (never sent to a
+    client: the message may name server files)."""

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import logging
 import math
+from contextvars import ContextVar
 
 import grpc
 from grpc import aio
 
-from .apikeys import KeyRing, presented_secret
-from .http.ratelimit import Limiter, identity
+from .access.keys import KeyRing, presented_secret
+from .access.limits import Limiter, identity
 
 log = logging.getLogger("modelhost.auth")
+# The verified key's name for the call being served (the prediction log's ``client``): the
+# servicer runs in the interceptor's task, so it reads what the guard set.
+client_name: ContextVar[str | None] = ContextVar("client_name", default=None)
 _OPS = frozenset({"/inference.GRPCInferenceService/ServerLive",
                   "/inference.GRPCInferenceService/ServerReady"})
 
@@ -46,6 +50,7 @@ class Guard(aio.ServerInterceptor):
             name = await self._authenticate(context) if needs_key else None
             if limited:
                 await self._admit(context, name)
+            client_name.set(name)
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(

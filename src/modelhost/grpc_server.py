@@ -1,11 +1,13 @@
 """KServe V2 over gRPC (``--grpc-port``), with the same semantics as /v2 over REST.
 
-The service definition is compiled from the packaged ``open_inference_grpc.proto`` at first use
-(``grpc.protos_and_services``, grpcio-tools), so no generated code is kept in the repository.
-The server runs on the HTTP server's event loop and shares its PredictionService: gRPC rows
-join the same batches. Tensors come as ``raw_input_contents`` or typed ``contents``; outputs go
-back as ``raw_output_contents`` (what Triton and its clients use). A client's deadline shortens
-the request's; errors become gRPC status codes.
+The service definition comes from ``protocols/v2_grpc.py`` (compiled at first use into a
+descriptor pool of its own, so V2 client libraries can share the process).
+The server runs on the HTTP server's event loop and shares its registry and predictor: gRPC
+rows go through the same run step and join the same batches, and each response carries its
+prediction ids in ``parameters["prediction_id"]`` for feedback. Tensors come as
+``raw_input_contents`` or typed ``contents``; outputs go back as ``raw_output_contents`` (what
+Triton and its clients use). A client's deadline shortens the request's; errors become gRPC
+status codes.
 
 API keys and rate limits apply here too, through the interceptor in grpc_guard.py.
 """
@@ -23,16 +25,16 @@ from grpc import aio
 
 from . import __version__
 from .errors import InvalidInput, ModelhostError
-from .grpc_guard import Guard
+from .grpc_guard import Guard, client_name
 from .metrics import Metrics
-from .protocols import v2
+from .predictor import Call, Predictor
+from .protocols import v2, v2_grpc
 from .protocols import v2_model as served_v2
-from .service import PredictionService
+from .registry import RegistryView
 from .settings import Settings
 
 log = logging.getLogger("modelhost.grpc")
 
-PROTO = "modelhost/protocols/open_inference_grpc.proto"
 _STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
@@ -53,9 +55,10 @@ _CONTENTS = {
 class GrpcServer:
     """The gRPC endpoint's lifecycle: start on the running loop, stop with a grace period."""
 
-    def __init__(self, service: PredictionService, metrics: Metrics, settings: Settings,
-                 guard: Guard) -> None:
-        self._service = service
+    def __init__(self, registry: RegistryView, predictor: Predictor, metrics: Metrics,
+                 settings: Settings, guard: Guard) -> None:
+        self._registry = registry
+        self._predictor = predictor
         self._guard = guard
         self._metrics = metrics
         self._settings = settings
@@ -63,13 +66,13 @@ class GrpcServer:
         self.port: int | None = None
 
     async def start(self) -> int:
-        protos, services = grpc.protos_and_services(PROTO)
         limit = self._settings.max_body
         self._server = aio.server(interceptors=[self._guard],
                                   options=[("grpc.max_receive_message_length", limit),
                                            ("grpc.max_send_message_length", limit)])
-        services.add_GRPCInferenceServiceServicer_to_server(
-            _Servicer(protos, self._service, self._metrics, self._settings), self._server)
+        self._server.add_generic_rpc_handlers((v2_grpc.handler(_Servicer(
+            v2_grpc.messages(), self._registry, self._predictor, self._metrics,
+            self._settings)),))
         address = f"{self._settings.host}:{self._settings.grpc_port}"
         self.port = self._server.add_insecure_port(address)
         await self._server.start()
@@ -85,10 +88,11 @@ class _Servicer:
     """GRPCInferenceService: the compiled service dispatches to these methods by their .proto
     names."""
 
-    def __init__(self, protos, service: PredictionService, metrics: Metrics,
+    def __init__(self, protos, registry: RegistryView, predictor: Predictor, metrics: Metrics,
                  settings: Settings) -> None:
         self._pb = protos
-        self._service = service
+        self._registry = registry
+        self._predictor = predictor
         self._metrics = metrics
         self._timeout = settings.timeout
 
@@ -96,19 +100,19 @@ class _Servicer:
         return self._pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return self._pb.ServerReadyResponse(ready=self._service.readiness()[0])
+        return self._pb.ServerReadyResponse(ready=self._registry.readiness()[0])
 
     async def ServerMetadata(self, request, context):
         return self._pb.ServerMetadataResponse(name="modelhost", version=__version__,
                                                extensions=v2.EXTENSIONS)
 
     async def ModelReady(self, request, context):
-        ready = await _answer(context, served_v2.is_ready, self._service, request.name,
+        ready = await _answer(context, served_v2.is_ready, self._registry, request.name,
                               request.version)
         return self._pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request, context):
-        found = await _answer(context, served_v2.served, self._service, request.name,
+        found = await _answer(context, self._registry.served, request.name,
                               request.version)
         meta = served_v2.metadata(found)
         tensor = self._pb.ModelMetadataResponse.TensorMetadata
@@ -122,14 +126,14 @@ class _Servicer:
         try:
             response = await self._infer(request, context)
         except ModelhostError as exc:
-            self._metrics.requests.labels(name if name in self._service.models else "",
+            self._metrics.requests.labels(name if name in self._registry.models else "",
                                           "v2_grpc_infer", str(exc.status)).inc()
             await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
         self._metrics.requests.labels(name, "v2_grpc_infer", "200").inc()
         return response
 
     async def _infer(self, request, context):
-        found = served_v2.served(self._service, request.model_name, request.model_version)
+        found = self._registry.served(request.model_name, request.model_version or None)
         rows = served_v2.rows(found, _inputs(request))
         wanted = served_v2.wanted_outputs(
             found, [(o.name, _parameters(o.parameters)) for o in request.outputs] or None,
@@ -137,11 +141,13 @@ class _Servicer:
         remaining = context.time_remaining()
         timeout = min(self._timeout, remaining) if remaining is not None else self._timeout
         deadline = asyncio.get_running_loop().time() + timeout
-        output = await self._service.infer(found.spec.name, rows, deadline, _request_id(context))
-        values = served_v2.output_values(found, wanted, output)
+        call = Call(deadline, _request_id(context), client_name.get(), bench=_is_bench(context))
+        result = await self._predictor.infer(found.spec.name, rows, call)
+        values = served_v2.output_values(found, wanted, result.outputs)
         response = self._pb.ModelInferResponse(model_name=found.spec.name,
                                                model_version=found.spec.version,
                                                id=request.id)
+        response.parameters["prediction_id"].string_param = result.ids
         for want, value in zip(wanted, values, strict=True):
             entry, blob = v2.encode_output(want.name, value, binary=True)
             response.outputs.add(name=entry["name"], datatype=entry["datatype"],
@@ -199,3 +205,9 @@ def _request_id(context) -> str:
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 64:
             return value
     return secrets.token_hex(8)
+
+
+def _is_bench(context) -> bool:
+    """``x-modelhost-bench: 1`` metadata: load-test traffic, as the HTTP header marks it."""
+    return any(key == "x-modelhost-bench" and value == "1"
+               for key, value in context.invocation_metadata() or ())

@@ -7,13 +7,14 @@ workers (for warm-up) call :func:`resolve`, so it depends on nothing but the sha
 
 from __future__ import annotations
 
+from .errors import StartupError
 from .types import ModelConfig, ModelInfo, Preprocessing
 
 DEFAULT_SIZE = 224
 _IMAGE_DTYPES = ("float32", "float16", "float64", "uint8")
 
 
-class PreprocessingError(Exception):
+class PreprocessingError(StartupError):
     """The model's input cannot be fed from an image; the message says why."""
 
 

@@ -19,7 +19,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from .types import ModelConfig, ModelSpec
+from .errors import StartupError
+from .types import LAYOUTS, OUTPUT_KINDS, RESAMPLES, SCALINGS, ModelConfig, ModelSpec
 
 MODEL_SUFFIXES = {
     ".onnx": "onnx",
@@ -35,7 +36,7 @@ MAX_LABELS_BYTES = 16 * 2**20  # ImageNet-21k's 21,843 labels take under 1 MiB
 MAX_LABEL_CHARS = 1000  # a label is shown on the page and stored with every feedback
 
 
-class RepositoryError(Exception):
+class RepositoryError(StartupError):
     """A model that cannot be described: the message names the file and the reason."""
 
 
@@ -225,10 +226,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "workers": {"replicas": "replicas", "threads": "threads"},
 }
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "layout": ("NCHW", "NHWC"),
-    "scaling": ("none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"),
-    "resample": ("nearest", "box", "bilinear", "bicubic", "lanczos"),
-    "output_kind": ("auto", "logits", "probabilities"),
+    "layout": LAYOUTS, "scaling": SCALINGS, "resample": RESAMPLES, "output_kind": OUTPUT_KINDS,
 }
 
 

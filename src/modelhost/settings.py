@@ -8,10 +8,12 @@ pixels and time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import StartupError
+from .types import FORMATS, Format, LogFormat, RuntimeMode
 
 
 def default_db_url() -> str:
@@ -51,7 +53,7 @@ def confine_frameworks(cache_dir: Path, verbose: bool = False) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-class ConfigError(ValueError):
+class ConfigError(StartupError, ValueError):
     """A setting names something unusable (a bad keys file, rate); start-up stops with it."""
 
 
@@ -146,12 +148,11 @@ class Settings(BaseSettings):
         "an allocation past it fails in that worker only. None: no limit."
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted models.")
-    format: Literal["onnx", "keras", "tf_savedmodel", "tf_frozen", "torchscript",
-                    "torch_export", "python"] | None = Field(
-        None, description="Force the model format (onnx, keras, tf_savedmodel, tf_frozen, "
-        "torchscript, torch_export, python); detected from the file if None."
+    format: Format | None = Field(
+        None, description=f"Force the model format ({', '.join(FORMATS)}); detected from the "
+        "file if None."
     )
-    runtime: Literal["auto", "native", "onnx"] = Field(
+    runtime: RuntimeMode = Field(
         "auto", description="auto: convert Keras/TF/torch models to ONNX when verified; "
         "native: the framework's own runtime; onnx: conversion required."
     )
@@ -171,7 +172,7 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Seconds one model's conversion to ONNX may take."
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
-    log_format: Literal["auto", "json", "text"] = Field(
+    log_format: LogFormat = Field(
         "auto", description="Log lines on stderr: json, text, or auto (text when stderr is a "
         "terminal, JSON otherwise)."
     )

@@ -8,11 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
+# The vocabulary tables: each concept's words are listed here once; settings, modelhost.toml
+# validation and CLI help derive their choices from these (``get_args``), never a copy.
+Format = Literal["onnx", "keras", "tf_savedmodel", "tf_frozen", "torchscript", "torch_export",
+                 "python"]
 Layout = Literal["NCHW", "NHWC"]
 Scaling = Literal["none", "unit", "tf", "caffe", "torch", "inception128", "meanstd"]
+Resample = Literal["nearest", "box", "bilinear", "bicubic", "lanczos"]
+OutputKind = Literal["auto", "logits", "probabilities"]
 ResizeMode = Literal["stretch", "shorter", "pad"]
+RuntimeMode = Literal["auto", "native", "onnx"]
+LogFormat = Literal["auto", "json", "text"]
+
+FORMATS: tuple[Format, ...] = get_args(Format)
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
+SCALINGS: tuple[Scaling, ...] = get_args(Scaling)
+RESAMPLES: tuple[Resample, ...] = get_args(Resample)
+OUTPUT_KINDS: tuple[OutputKind, ...] = get_args(OutputKind)
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,7 @@ class Preprocessing:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     bgr: bool = False
     resize: int = 0
-    resample: str = "bilinear"
+    resample: Resample = "bilinear"
     default_crop: float = 0.0
 
 
@@ -67,14 +81,14 @@ class ModelConfig:
     std: tuple[float, ...] | None = None
     bgr: bool = False
     resize: int = 0
-    resample: str = "bilinear"
+    resample: Resample = "bilinear"
     default_crop: float = 0.0
     top_k: int = 5
     max_batch_size: int = 8
     max_delay_ms: float = 0.0
     replicas: int = 1
     threads: int = 0
-    output_kind: Literal["auto", "logits", "probabilities"] = "auto"
+    output_kind: OutputKind = "auto"
 
 
 @dataclass(frozen=True)
@@ -87,7 +101,7 @@ class RuntimeOptions:
     ``output_name`` pick tensors of a frozen TensorFlow graph.
     """
 
-    runtime: Literal["auto", "native", "onnx"] = "auto"
+    runtime: RuntimeMode = "auto"
     trust_code: bool = False
     input_name: str | None = None
     output_name: str | None = None

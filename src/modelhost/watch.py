@@ -1,26 +1,27 @@
 """A live model repository (``serve --watch``): notice new versions, replaced files and removed
 models, and swap them in without failing a request.
 
-The watcher only notices and describes; :class:`PredictionService` owns the models and does the
-swap (load and warm the new version in new workers, switch traffic in one step, drain and stop
-the old workers). A version that fails to load leaves the old one serving, reported on /readyz
-and /api/models. File events come from ``watchfiles`` (inotify, debounced); each batch of events
-re-reads the repository, which is cheap (no runtime loads), and compares a fingerprint per
-model: its version, format, labels, configuration and the size and mtime of its files.
+The watcher only notices and describes; the server's one :class:`Reloader` (shared with V2
+model control) prepares and builds the new version, and :class:`Registry` owns the models and
+does the swap (load and warm the new version in new workers, switch traffic in one step, drain
+and stop the old workers). A version that fails to load leaves the old one serving, reported on
+/readyz and /api/models. File events come from ``watchfiles`` (inotify, debounced); each batch
+of events re-reads the repository, which is cheap (no runtime loads), and compares a
+fingerprint per model: its version, format, labels, configuration and the size and mtime of its
+files.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import watchfiles
 
+from .registry import ModelState, RegistryView
+from .reloader import Reloader
 from .repository import RepositoryError
 from .runtimes.convert import ConversionError
-from .service import PredictionService, ServedModel
 from .types import ModelSpec
 
 log = logging.getLogger("modelhost.watch")
@@ -35,22 +36,17 @@ def fingerprint(spec: ModelSpec) -> tuple:
 
 
 class RepositoryWatcher:
-    """Keeps ``service``'s models in step with the files under ``root``."""
+    """Keeps the registry's models in step with the files under ``root``."""
 
-    def __init__(self, root: Path, service: PredictionService, *,
-                 scan: Callable[[], list[ModelSpec]], prepare: Callable[[ModelSpec], ModelSpec],
-                 build: Callable[[ModelSpec], ServedModel], grace: float) -> None:
+    def __init__(self, root: Path, registry: RegistryView, reloader: Reloader,
+                 specs: list[ModelSpec]) -> None:
         self._root = root
-        self._service = service
-        self._scan = scan  # the repository's specs, not yet converted
-        self._prepare = prepare  # conversion to ONNX (a subprocess; run in a thread)
-        self._build = build  # a ServedModel with its own pool and batcher, not started
-        self._grace = grace
-        self._seen = {s.name: fingerprint(s) for s in scan()}
+        self._registry = registry
+        self._reloader = reloader
+        self._seen = {s.name: fingerprint(s) for s in specs}
 
     async def run(self) -> None:
         """Follow the files until cancelled (from the app's lifespan)."""
-        await self._service.lifecycle.loaded.wait()
         async for _ in watchfiles.awatch(self._root, debounce=400, step=100):
             try:
                 await self.sync()
@@ -59,14 +55,14 @@ class RepositoryWatcher:
 
     async def sync(self) -> None:
         try:
-            specs = await asyncio.to_thread(self._scan)
+            specs = await self._reloader.scan()
             current = {s.name: fingerprint(s) for s in specs}
         except (RepositoryError, OSError) as exc:  # mid-copy, or a broken modelhost.toml
             log.error("repository %s: %s; serving what was loaded", self._root, exc)
             return
         for name in self._seen.keys() - current.keys():
             log.info("model %s removed from the repository; stopping it", name)
-            await self._service.remove(name, self._grace)
+            await self._reloader.unload(name)
         for spec in specs:
             if self._seen.get(spec.name) != current[spec.name]:
                 await self._update(spec)
@@ -75,12 +71,12 @@ class RepositoryWatcher:
     async def _update(self, spec: ModelSpec) -> None:
         log.info("model %s: version %s changed on disk; loading it", spec.name, spec.version)
         try:
-            prepared = await asyncio.to_thread(self._prepare, spec)
+            new = await self._reloader.load(spec)
         except ConversionError as exc:
-            old = self._service.models.get(spec.name)
+            old = self._registry.models.get(spec.name)
             if old is not None:
                 old.update_error = f"version {spec.version} failed to load: {exc}"
             log.error("%s", exc)
             return
-        if await self._service.swap(self._build(prepared), self._grace):
+        if new.state is ModelState.READY:
             log.info("model %s now serves version %s", spec.name, spec.version)

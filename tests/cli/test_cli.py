@@ -191,7 +191,7 @@ def test_log_lines_are_text_at_a_terminal_and_json_otherwise(tmp_path):
     piped = start_server([str(tmp_path / "m")], tmp_path)
     assert piped.stop() == 0
     records = [json.loads(line) for line in piped.log().splitlines()]
-    assert {"uvicorn", "modelhost.service"} <= {r["logger"] for r in records}
+    assert {"uvicorn", "modelhost.registry"} <= {r["logger"] for r in records}
     assert "uvicorn.error" not in {r["logger"] for r in records}
 
 

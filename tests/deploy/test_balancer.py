@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelhost.apikeys import add_key
+from modelhost.access.keys import add_key
 from modelhost.settings import Settings
 
 from ..feedback.test_nothing_lost import Load, stored, wait_for_journal

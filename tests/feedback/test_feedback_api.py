@@ -179,7 +179,7 @@ def test_images_are_kept_only_when_asked_and_old_rows_expire(model_repo, tmp_pat
 
 
 def test_the_api_key_name_is_logged_never_the_secret(model_repo, tmp_path):
-    from modelhost.apikeys import add_key
+    from modelhost.access.keys import add_key
 
     keys = tmp_path / "keys.txt"
     secret = add_key(keys, "mobile-app")

@@ -7,6 +7,8 @@ import base64
 import numpy as np
 import pytest
 
+from modelhost.protocols import tfserving as tfs
+
 from ..support import solid
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -83,16 +85,24 @@ def test_predict_b64_images_decode_like_uploads(repo_server):
     assert np.argmax(columnar.json()["outputs"][0]) == 2
 
 
-def test_nan_and_infinity_tokens_round_trip(repo_server):
+def test_nan_and_infinity_tokens_parse_and_non_finite_outputs_are_refused(repo_server):
+    """TF Serving's NaN/Infinity tokens are read (no 400); the NaN scores they cause are
+    refused by the shared run step, as on every protocol (500 ``model_failed``)."""
     example = np.zeros((3, 9, 9)).tolist()
-    body = ('{"instances": [' + str(example).replace("0.0", "NaN", 1) + "]}").encode()
-    response = repo_server.client.post("/v1/models/rgb:predict", content=body,
-                                       headers={"content-type": "application/json"})
-    assert response.status_code == 200, response.text
-    assert response.text.startswith('{"predictions":[[NaN,')
-    infinite = ('{"instances": [' + str(example).replace("0.0", "Infinity", 1) + "]}")
-    response = repo_server.client.post("/v1/models/rgb:predict", content=infinite.encode())
-    assert response.text == '{"predictions":[[Infinity,NaN,NaN]]}'  # inf × 0 weights = NaN
+    for token in ("NaN", "Infinity", "-Infinity"):
+        body = ('{"instances": [' + str(example).replace("0.0", token, 1) + "]}").encode()
+        response = repo_server.client.post("/v1/models/rgb:predict", content=body,
+                                           headers={"content-type": "application/json"})
+        assert response.status_code == 500, response.text
+        assert response.headers["x-error-code"] == "model_failed"
+        assert "NaN or infinite" in response.json()["error"]
+
+
+def test_non_finite_values_are_written_as_tf_serving_tokens():
+    assert tfs.dumps({"predictions": [[float("inf"), float("nan"), -float("inf"), 1.5]]}) == \
+        b'{"predictions":[[Infinity,NaN,-Infinity,1.5]]}'
+    nan, inf, minus_inf = tfs.loads(b'{"instances": [NaN, Infinity, -Infinity]}')["instances"]
+    assert np.isnan(nan) and inf == float("inf") and minus_inf == -float("inf")
 
 
 def test_classify_results(repo_server):

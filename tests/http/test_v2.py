@@ -83,7 +83,11 @@ def test_infer_json_nested_echoes_id(repo_server):
         "inputs": [{"name": "image", "shape": [2, 3, 9, 9], "datatype": "FP32",
                     "data": rows.tolist()}]})
     assert response.status_code == 200, response.text
-    assert response.json() == {
+    body = response.json()
+    ids = body.pop("parameters")["prediction_id"].split(",")  # one per row, for feedback
+    assert len(ids) == 2 and len(set(ids)) == 2 and all(len(i) == 32 for i in ids)
+    assert response.headers["x-prediction-id"] == ",".join(ids)
+    assert body == {
         "model_name": "rgb", "model_version": "1", "id": "42",
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [2, 3],
                      "data": [0.0, 10.0, 0.0, 0.0, 0.0, 10.0]}]}

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from modelhost.apikeys import KeyRing, KeysFileError, add_key
+from modelhost.access.keys import KeyRing, KeysFileError, add_key
 
 from ..support import solid, start_server, wait_until_ready
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from modelhost.errors import ModelhostError
 from modelhost.http.parse import deadline_for, read_predict_request
 from modelhost.inputs.images import check, crop_box, to_tensor
-from modelhost.service import PredictRequest
+from modelhost.predictor import PredictRequest
 from modelhost.types import Preprocessing, Region
 
 PREP = Preprocessing(size=(9, 9), scaling="unit")

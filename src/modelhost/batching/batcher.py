@@ -68,6 +68,11 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def refuse_poison(self, data: bytes) -> None:
+        """422 ``input_quarantined`` for an input that stopped the model's workers before
+        (the pool keeps the list; the request path only ever talks to the batcher)."""
+        self._pool.refuse_poison(data)
+
     async def submit(self, data: bytes, region: Region | RawTensor, deadline: float) -> BatchOutput:
         """Queue one encoded image and wait for its output; 503 when the queue is full."""
         if len(self._items) >= self._max_queue:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..apikeys import KeysFileError, add_key
+from ..access.keys import KeysFileError, add_key
 
 app = typer.Typer(help="Manage API keys (the file `serve --api-keys` reads).",
                   no_args_is_help=True, rich_markup_mode=None)

@@ -22,7 +22,7 @@ from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, UntrustedCode, load_runtime
 from ..runtimes.convert import CONVERTIBLE
 from ..settings import Settings, confine_frameworks
-from ..types import ModelSpec, Region, RuntimeOptions
+from ..types import FORMATS, ModelSpec, Region, RuntimeOptions
 from .remote import ApiKey, key_headers, unreachable
 
 console = Console()
@@ -125,7 +125,9 @@ def _print_result(path: Path, result: dict) -> None:
 def inspect(
     target: Annotated[Path, typer.Argument(help="Model file or folder.")],
     model: Annotated[str | None, Opt(help="Model name (in a repository).")] = None,
-    format: Annotated[str | None, Opt("--format", help="Force the model format.")] = None,
+    format: Annotated[str | None, Opt(
+        "--format",
+        help=f"Force the model format: {', '.join(FORMATS)} [detected from the file].")] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
         help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
     input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,

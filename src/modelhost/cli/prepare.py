@@ -12,10 +12,9 @@ from typing import Annotated
 import typer
 
 from .. import logs
-from ..download import DownloadError
-from ..repository import RepositoryError
-from ..runtimes.convert import ConversionError
+from ..errors import StartupError
 from ..settings import Settings, confine_frameworks
+from ..types import FORMATS
 
 Opt = typer.Option
 
@@ -31,7 +30,8 @@ def prepare(
     ] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
         help="Allow Python code in models (Keras Lambda layers).")] = False,
-    format: Annotated[str | None, Opt("--format", help="Force the model format.")] = None,
+    format: Annotated[str | None, Opt("--format",
+        help=f"Force the model format: {', '.join(FORMATS)} [detected from the file].")] = None,
 ) -> None:
     """Convert MODELS (or the demo models) to ONNX and verify them, as serve would."""
     flags = {k: v for k, v in locals().items() if v is not None and v is not False}
@@ -42,7 +42,7 @@ def prepare(
 
     try:
         specs = model_specs(settings)
-    except (RepositoryError, ConversionError, DownloadError) as exc:
+    except StartupError as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     for spec in specs:

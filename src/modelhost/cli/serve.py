@@ -9,12 +9,10 @@ import typer
 from pydantic import ValidationError
 
 from .. import logs
-from ..download import DownloadError, is_url
-from ..feedback.journal import JournalBusy
-from ..feedback.store import BadDatabaseUrl
-from ..repository import RepositoryError
-from ..runtimes.convert import ConversionError
-from ..settings import ConfigError, Settings, confine_frameworks
+from ..download import is_url
+from ..errors import StartupError
+from ..settings import Settings, confine_frameworks
+from ..types import FORMATS
 
 Opt = typer.Option
 
@@ -73,8 +71,7 @@ def serve(
     cache_dir: Annotated[Path | None, Opt(
         help="Where converted models are kept [~/.cache/modelhost].")] = None,
     format: Annotated[str | None, Opt("--format",
-        help="Force the model format: onnx, keras, tf_savedmodel, tf_frozen, torchscript, "
-             "torch_export, python [detected from the file].")] = None,
+        help=f"Force the model format: {', '.join(FORMATS)} [detected from the file].")] = None,
     runtime: Annotated[str | None, Opt(
         help="auto (convert to ONNX when verified), native or onnx [auto].")] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
@@ -119,8 +116,7 @@ def serve(
 
     try:
         code = run(settings)
-    except (RepositoryError, ConfigError, ConversionError, DownloadError, BadDatabaseUrl,
-            JournalBusy) as exc:
+    except StartupError as exc:
         typer.echo(f"modelhost: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

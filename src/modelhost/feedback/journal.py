@@ -18,10 +18,12 @@ from pathlib import Path
 
 import orjson
 
+from ..errors import StartupError
+
 _PREFIX, _SUFFIX = "segment-", ".jsonl"
 
 
-class JournalBusy(Exception):
+class JournalBusy(StartupError):
     """Another live server holds this journal folder."""
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from ..errors import StartupError
 from .schema import feedback, predictions
 
 log = logging.getLogger("modelhost.feedback")
@@ -30,7 +31,7 @@ log = logging.getLogger("modelhost.feedback")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class BadDatabaseUrl(ValueError):
+class BadDatabaseUrl(StartupError, ValueError):
     """--db names something modelhost cannot store into."""
 
 

@@ -1,1 +1,1 @@
-"""Everything that knows HTTP: routes, error mapping, middleware, pages, the uvicorn server."""
+"""Everything that knows HTTP: the gate, routes, the error renderer, pages, the uvicorn server."""

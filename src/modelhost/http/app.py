@@ -1,4 +1,5 @@
-"""The FastAPI application: route table, middleware and lifespan. Built by assembly.py."""
+"""The FastAPI application: route table, the gate, error handlers and lifespan. Built by
+assembly.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from .. import __version__
+from ..access.limits import Limiter
 from ..metrics import Metrics
-from ..service import PredictionService
+from ..predictor import Predictor
+from ..registry import Registry
 from ..settings import Settings
 from . import (
     docs,
@@ -23,31 +26,31 @@ from . import (
     routes_tfserving,
     routes_v2,
 )
-from .auth import ApiKeys
-from .crosssite import SameOrigin
-from .hosts import HostCheck
-from .middleware import BodyLimit, RequestContext
-from .ratelimit import Limiter, RateLimit
+from .auth import KeyPolicy
+from .crosssite import CrossSitePolicy
+from .gate import BodyLimit, Gate
+from .hosts import HostPolicy
+from .ratelimit import RatePolicy
 from .responses import JSON
 
 if TYPE_CHECKING:
-    from ..apikeys import KeyRing
+    from ..access.keys import KeyRing
     from ..model_control import ModelControl
     from ..watch import RepositoryWatcher
 
 
-def create_app(service: PredictionService, metrics: Metrics, settings: Settings, *,
+def create_app(registry: Registry, predictor: Predictor, metrics: Metrics, settings: Settings, *,
                keys: KeyRing | None = None, limiter: Limiter | None = None,
                watcher: RepositoryWatcher | None = None,
                control: ModelControl | None = None) -> FastAPI:
     """The app; ``keys`` and ``limiter`` are shared with the gRPC port (one budget per key)."""
-    prediction_log = service.prediction_log
+    prediction_log = predictor.prediction_log
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         if prediction_log is not None:
             await prediction_log.start()
-        loading = asyncio.create_task(service.start())  # serve /healthz while models load
+        loading = asyncio.create_task(registry.start())  # serve /healthz while models load
         watching = asyncio.create_task(watcher.run()) if watcher else None  # --watch
         try:
             yield
@@ -56,7 +59,8 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings,
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
-            await service.stop()
+            await registry.stop()
+            await predictor.aclose()
             if prediction_log is not None:  # after the drain: every answered record is in
                 await prediction_log.stop()
 
@@ -70,20 +74,19 @@ def create_app(service: PredictionService, metrics: Metrics, settings: Settings,
         lifespan=lifespan,
     )
     errors.install(app)
-    app.include_router(routes_predict.router(service, metrics, settings))
-    app.include_router(routes_models.router(service))
-    app.include_router(routes_feedback.router(service, prediction_log,
+    app.include_router(routes_predict.router(registry, predictor, metrics, settings))
+    app.include_router(routes_models.router(registry))
+    app.include_router(routes_feedback.router(registry, prediction_log,
                                               allow_new_labels=settings.allow_new_labels))
-    app.include_router(routes_ops.router(service, metrics))
-    app.include_router(routes_v2.router(service, metrics, settings, control))
-    app.include_router(routes_tfserving.router(service, metrics, settings))
+    app.include_router(routes_ops.router(registry, metrics, prediction_log))
+    app.include_router(routes_v2.router(registry, predictor, metrics, settings, control))
+    app.include_router(routes_tfserving.router(registry, predictor, metrics, settings))
     app.include_router(pages.router(allow_urls=settings.allow_urls))
     docs.install(app)
     app.mount("/static", pages.static_files(), name="static")
-    app.add_middleware(BodyLimit, max_body=settings.max_body)
-    app.add_middleware(RateLimit, limiter=limiter)
-    app.add_middleware(ApiKeys, keys=keys, protect_ops=settings.protect_ops)
-    app.add_middleware(SameOrigin, allowed_origins=settings.allowed_origins)
-    app.add_middleware(HostCheck, bind_host=settings.host, allowed_hosts=settings.allowed_hosts)
-    app.add_middleware(RequestContext)
+    app.add_middleware(
+        Gate, hosts=HostPolicy(settings.host, settings.allowed_hosts),
+        crosssite=CrossSitePolicy(settings.allowed_origins),
+        keys=KeyPolicy(keys, settings.protect_ops), rate=RatePolicy(limiter),
+        body=BodyLimit(settings.max_body))
     return app

@@ -1,58 +1,51 @@
 """API keys at the door: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
 A request without a valid key gets 401 ``unauthorized`` with ``WWW-Authenticate`` before any
-route runs. The key's *name* goes into ``request.state.api_key_name`` (the prediction log and
-the rate limiter read it); the secret itself is never stored, logged or echoed.
+route runs (the gate, gate.py, asks :class:`KeyPolicy`). The key's *name* goes into
+``request.state.api_key_name`` (the prediction log and the rate limiter read it); the secret
+itself is never stored, logged or echoed.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from ..apikeys import KeyRing, presented_secret
-from .errors import error_response
+from ..access.keys import KeyRing, presented_secret
+from ..errors import Unauthorized
 from .public import is_ops, is_page
+
+if TYPE_CHECKING:
+    from .gate import Head
 
 log = logging.getLogger("modelhost.auth")
 _CHALLENGE = 'Bearer realm="modelhost"'
-_KEY_HEADERS = (b"authorization", b"x-api-key")  # only these are decoded
+_KEY_HEADERS = ("authorization", "x-api-key")
 
 
-class ApiKeys:
-    """401 for requests without a valid key; a pass-through when ``keys`` is None."""
+class KeyPolicy:
+    """401 for requests without a valid key; lets everything pass when ``keys`` is None."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing | None, protect_ops: bool = False) -> None:
-        self.app = app
+    def __init__(self, keys: KeyRing | None, protect_ops: bool = False) -> None:
         self.keys = keys
         self.protect_ops = protect_ops
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.keys is None or self._open(scope):
-            return await self.app(scope, receive, send)
-        secret = presented_key(scope)
+    def check(self, head: Head, request_id: str) -> str | None:
+        """The valid key's name (None when keys are off or the path is open)."""
+        if self.keys is None or self._open(head):
+            return None
+        secret = presented_secret((name, head.headers[name]) for name in _KEY_HEADERS
+                                  if name in head.headers)
         name = self.keys.verify(secret) if secret else None
         if name is None:
-            state = scope.setdefault("state", {})
-            client = (scope.get("client") or ("", 0))[0]
             log.warning("unauthorized request", extra={"fields": {
-                "request_id": state.get("request_id", ""), "client": client,
+                "request_id": request_id, "client": head.client,
                 "reason": "invalid key" if secret else "no key"}})
-            message = ("the API key is not valid" if secret else
-                       "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'")
-            response = error_response(state.get("request_id", ""), 401, "unauthorized", message)
-            response.headers["WWW-Authenticate"] = _CHALLENGE
-            return await response(scope, receive, send)
-        scope.setdefault("state", {})["api_key_name"] = name
-        await self.app(scope, receive, send)
+            raise Unauthorized(
+                "the API key is not valid" if secret else
+                "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'",
+                headers={"WWW-Authenticate": _CHALLENGE})
+        return name
 
-    def _open(self, scope: Scope) -> bool:
-        path = scope["path"]
-        return is_page(scope["method"], path) or (is_ops(path) and not self.protect_ops)
-
-
-def presented_key(scope: Scope) -> str | None:
-    """The secret from the request's ``Authorization: Bearer`` or ``X-API-Key`` header."""
-    return presented_secret((name.decode("latin-1"), value.decode("latin-1"))
-                            for name, value in scope.get("headers", []) if name in _KEY_HEADERS)
+    def _open(self, head: Head) -> bool:
+        return is_page(head.method, head.path) or (is_ops(head.path) and not self.protect_ops)

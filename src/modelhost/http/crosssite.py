@@ -17,49 +17,42 @@ GET, HEAD and OPTIONS change nothing and pass.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from ..errors import Forbidden
 
-from .errors import error_response
+if TYPE_CHECKING:
+    from .gate import Head
 
 log = logging.getLogger("modelhost.http")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SAME = frozenset({"same-origin", "none"})
 
 
-class SameOrigin:
+class CrossSitePolicy:
     """403 ``forbidden`` for cross-site browser requests with unsafe methods."""
 
-    def __init__(self, app: ASGIApp, allowed_origins: str = "") -> None:
-        self.app = app
+    def __init__(self, allowed_origins: str = "") -> None:
         self.allowed = frozenset(o.strip().rstrip("/").lower()
                                  for o in allowed_origins.split(",") if o.strip())
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in _SAFE_METHODS or self._allowed(scope):
-            return await self.app(scope, receive, send)
-        request_id = scope.get("state", {}).get("request_id", "")
+    def check(self, head: Head, request_id: str) -> None:
+        if head.method in _SAFE_METHODS or self._allowed(head):
+            return
         log.warning("cross-site request refused", extra={"fields": {
-            "request_id": request_id, "path": scope["path"], "method": scope["method"]}})
-        response = error_response(request_id, 403, "forbidden",
-                                  "cross-site requests are not accepted")
-        await response(scope, receive, send)
+            "request_id": request_id, "path": head.path, "method": head.method}})
+        raise Forbidden("cross-site requests are not accepted")
 
-    def _allowed(self, scope: Scope) -> bool:
-        headers = _headers(scope)
-        site, origin = headers.get("sec-fetch-site"), headers.get("origin")
+    def _allowed(self, head: Head) -> bool:
+        site, origin = head.headers.get("sec-fetch-site"), head.headers.get("origin")
         if origin is not None:
             origin = origin.strip().rstrip("/").lower()
-            return origin in self.allowed or origin == _own_origin(scope, headers.get("host"))
+            return origin in self.allowed or origin == _own_origin(head)
         return site is None or site in _SAME
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    wanted = (b"origin", b"sec-fetch-site", b"host")
-    return {k.decode(): v.decode("latin-1") for k, v in scope.get("headers", []) if k in wanted}
-
-
-def _own_origin(scope: Scope, host: str | None) -> str | None:
+def _own_origin(head: Head) -> str | None:
+    host = head.headers.get("host")
     if not host:
         return None
-    return f"{scope.get('scheme', 'http')}://{host.strip().lower()}"
+    return f"{head.scheme}://{host.strip().lower()}"

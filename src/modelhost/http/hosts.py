@@ -12,10 +12,12 @@ the list given.
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from ..errors import MalformedRequest
 
-from .errors import error_response
+if TYPE_CHECKING:
+    from .gate import Head
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -47,23 +49,15 @@ def host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-class HostCheck:
+class HostPolicy:
     """400 ``malformed_request`` for a ``Host`` outside the allowed names."""
 
-    def __init__(self, app: ASGIApp, bind_host: str = "127.0.0.1", allowed_hosts: str = "") -> None:
-        self.app = app
+    def __init__(self, bind_host: str = "127.0.0.1", allowed_hosts: str = "") -> None:
         self.names = allowed_names(bind_host, allowed_hosts)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.names is None or self._allowed(scope):
-            return await self.app(scope, receive, send)
-        response = error_response(scope.get("state", {}).get("request_id", ""), 400,
-                                  "malformed_request",
-                                  "this server does not answer to that host name")
-        await response(scope, receive, send)
-
-    def _allowed(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers", []):
-            if name == b"host":
-                return host_name(value.decode("latin-1")) in self.names
-        return True  # HTTP/1.0 without Host: no browser sends that
+    def check(self, head: Head) -> None:
+        host = head.headers.get("host")
+        if self.names is None or host is None:  # HTTP/1.0 without Host: no browser sends that
+            return
+        if host_name(host) not in self.names:
+            raise MalformedRequest("this server does not answer to that host name")

@@ -26,8 +26,9 @@ from ..errors import (
     UnsupportedMedia,
 )
 from ..inputs.sources import RemoteUrl, ServerPath, Source, Upload
-from ..service import PredictRequest
+from ..predictor import Call, PredictRequest
 from ..types import Region
+from .errors import request_id_of
 
 MAX_TOP_K = 1000
 _OPTION_NAMES = ("top_k", "x", "y", "crop")
@@ -53,8 +54,24 @@ def is_bench(request: Request) -> bool:
     return request.headers.get("x-modelhost-bench", "") == "1"
 
 
+def call_of(request: Request, timeout: float) -> Call:
+    """The request's one deadline, id, client and bench mark, for the body read and the
+    predictor."""
+    return Call(deadline_for(request, timeout), request_id_of(request), client_of(request),
+                bench=is_bench(request))
+
+
+async def read_body(request: Request, deadline: float) -> bytes:
+    """The whole body, within the deadline (408 for a client too slow to send it)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await request.body()
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
+
+
 def client_of(request: Request) -> str | None:
-    """The authenticated API key's name (set by the auth middleware), if any."""
+    """The authenticated API key's name (set by the gate's key policy), if any."""
     return getattr(request.state, "api_key_name", None)
 
 

@@ -32,11 +32,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ..errors import MalformedRequest, ModelhostError, RequestTimeout, Unavailable
 from ..settings import Settings
-from .errors import error_response
+from .errors import render
 
 
 @dataclass
@@ -68,13 +68,16 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
     return type("GuardedHttpToolsProtocol", (GuardedProtocol,), {"guard": guard})
 
 
-def _raw(status: int, reason: str, code: str, message: str, retry_after: int = 0) -> bytes:
-    """A complete error response for a connection no ASGI cycle owns."""
-    body = orjson.dumps({"error": {"code": code, "message": message, "request_id": ""}})
-    extra = f"retry-after: {retry_after}\r\n" if retry_after else ""
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+def _raw(exc: ModelhostError, reason: str) -> bytes:
+    """A complete error response for a connection no ASGI cycle owns (rendered like any other
+    error, in the native dialect: no route was chosen)."""
+    response = render(exc, "", "")
+    headers = "".join(f"{name.decode()}: {value.decode()}\r\n"
+                      for name, value in response.raw_headers if name != b"content-length")
+    return (f"HTTP/1.1 {response.status_code} {reason}\r\n{headers}"
             "x-content-type-options: nosniff\r\n"
-            f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n").encode() + body
+            f"content-length: {len(response.body)}\r\nconnection: close\r\n\r\n"
+            ).encode() + bytes(response.body)
 
 
 IDLE_LINGER = 0.5  # seconds an idle connection stays open at shutdown for a request in flight
@@ -117,8 +120,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._awaiting_headers, self._header_bytes = True, 0
         self._framing = _ChunkFraming()
         if not self._admitted:
-            transport.write(_raw(503, "Service Unavailable", "overloaded",
-                                 "too many connections from this address", retry_after=1))
+            transport.write(_raw(Unavailable("too many connections from this address",
+                                             "overloaded"), "Service Unavailable"))
             transport.close()
             return
         if self.guard.closing:  # accepted from the backlog at shutdown
@@ -145,7 +148,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._refuse_framing()
         elif (self._awaiting_headers and self._header_bytes > self.guard.max_header_bytes
                 and not self.transport.is_closing()):
-            self._refuse(_raw(400, "Bad Request", "malformed_request", self._too_large_text()))
+            self._refuse(_raw(MalformedRequest(self._too_large_text()), "Bad Request"))
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
@@ -211,8 +214,8 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._idle():
-            self._refuse(_raw(408, "Request Timeout", "request_timeout",
-                              "the request headers did not arrive in time"))
+            self._refuse(_raw(RequestTimeout("the request headers did not arrive in time"),
+                              "Request Timeout"))
         else:
             self.transport.close()
 
@@ -231,8 +234,8 @@ class GuardedProtocol(HttpToolsProtocol):
         """400 unless the response has begun; the app sees the client gone either way."""
         cycle = self.cycle
         if cycle is not None and not cycle.response_started:
-            self.transport.write(_raw(400, "Bad Request", "malformed_request",
-                                      f"chunk extensions over {MAX_CHUNK_EXTRA:,} bytes"))
+            self.transport.write(_raw(MalformedRequest(
+                f"chunk extensions over {MAX_CHUNK_EXTRA:,} bytes"), "Bad Request"))
         if cycle is not None:
             cycle.disconnected = True
             cycle.message_event.set()
@@ -243,8 +246,8 @@ class GuardedProtocol(HttpToolsProtocol):
         return f"the request line and headers are over {self.guard.max_header_bytes:,} bytes"
 
     async def _too_large_app(self, scope, receive, send) -> None:
-        response = error_response("", 400, "malformed_request", self._too_large_text())
-        response.headers["connection"] = "close"
+        refusal = MalformedRequest(self._too_large_text(), headers={"Connection": "close"})
+        response = render(refusal, scope["path"], "")
         await response(scope, receive, send)
 
 

@@ -16,7 +16,7 @@ from ..feedback.labels import check_known, clean_label
 from ..feedback.recorder import PredictionLog
 from ..feedback.schema import LABEL_MAX
 from ..feedback.store import StoreUnavailable
-from ..service import PredictionService
+from ..registry import RegistryView
 from .parse import client_of
 from .responses import JSON
 
@@ -53,7 +53,7 @@ IncludeBench = Annotated[bool, Query(description="Also count load-test traffic (
                                                  "bench` sends).")]
 
 
-def router(service: PredictionService, prediction_log: PredictionLog | None, *,
+def router(registry: RegistryView, prediction_log: PredictionLog | None, *,
            allow_new_labels: bool) -> APIRouter:
     api = APIRouter(prefix="/api", tags=["feedback"])
 
@@ -70,7 +70,7 @@ def router(service: PredictionService, prediction_log: PredictionLog | None, *,
         logged = await log.lookup(prediction_id)
         label = clean_label(body.label) if body.label is not None else None
         if label is not None and not allow_new_labels:
-            check_known(label, _labels_of(service, logged.model), logged.model)
+            check_known(label, _labels_of(registry, logged.model), logged.model)
         correct = label == logged.top1 if label is not None else bool(body.correct)
         if label is None and correct:
             label = logged.top1
@@ -85,7 +85,7 @@ def router(service: PredictionService, prediction_log: PredictionLog | None, *,
     @api.get("/models/{model}/accuracy", summary="Accuracy learned from users' feedback")
     async def accuracy(model: str, since: Since = None, until: Until = None,
                        version: Version = None, include_bench: IncludeBench = False) -> JSON:
-        store = _store_for(service, the_log(), model)
+        store = _store_for(registry, the_log(), model)
         window = (_utc(since), _utc(until), version, include_bench)
         count, judged = await _read(
             lambda: (store.count_predictions(model, *window), store.judged(model, *window)))
@@ -97,7 +97,7 @@ def router(service: PredictionService, prediction_log: PredictionLog | None, *,
                          "buckets, computed in the database.")
     async def latency(model: str, since: Since = None, until: Until = None,
                       version: Version = None) -> JSON:
-        store = _store_for(service, the_log(), model)
+        store = _store_for(registry, the_log(), model)
         if since is None and until is None:
             since = datetime.now(UTC) - LATENCY_WINDOW
         window = (_utc(since), _utc(until), version)
@@ -121,9 +121,9 @@ def _latency(store, model: str, window: tuple) -> dict:
     return report.latency(span[0], seconds, ranks)
 
 
-def _labels_of(service: PredictionService, name: str) -> frozenset[str]:
+def _labels_of(registry: RegistryView, name: str) -> frozenset[str]:
     """The labels a user may choose for ``name``: its labels.txt, or class indices."""
-    model = service.models.get(name)
+    model = registry.models.get(name)
     if model is None:
         return frozenset()
     if model.spec.labels:
@@ -133,8 +133,8 @@ def _labels_of(service: PredictionService, name: str) -> frozenset[str]:
     return frozenset(str(i) for i in range(max(classes, 0)))
 
 
-def _store_for(service: PredictionService, log: PredictionLog, model: str):
-    service.model(model)  # 404 for a model this server does not serve
+def _store_for(registry: RegistryView, log: PredictionLog, model: str):
+    registry.model(model)  # 404 for a model this server does not serve
     return log.store
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..service import PredictionService, ServedModel
+from ..registry import RegistryView, ServedModel
 from .schemas import ERRORS, ModelDetail, ModelList, documented
 
 
@@ -24,7 +24,7 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
         "top_k": model.spec.config.top_k,
         "default_crop": prep.default_crop if prep else model.spec.config.default_crop,
         "input": _input(model),
-        "workers_ready": model.pool.ready_workers,
+        "workers_ready": model.workers_ready,
     }
     if labels:
         body["label_names"] = list(model.spec.labels)
@@ -50,16 +50,16 @@ def _tensor(t) -> dict:
     return {"name": t.name, "datatype": t.dtype, "shape": list(t.shape)}
 
 
-def router(service: PredictionService) -> APIRouter:
+def router(registry: RegistryView) -> APIRouter:
     api = APIRouter(prefix="/api", tags=["models"], responses=ERRORS)
 
     @api.get("/models", summary="List the served models", **documented(ModelList))
     async def list_models() -> dict:
-        return {"models": [describe(m) for m in service.models.values()]}
+        return {"models": [describe(m) for m in registry.models.values()]}
 
     @api.get("/models/{model}", summary="One model's metadata, labels and preprocessing",
              **documented(ModelDetail))
     async def get_model(model: str) -> dict:
-        return describe(service.model(model), labels=True)
+        return describe(registry.model(model), labels=True)
 
     return api

@@ -6,13 +6,15 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..feedback.recorder import PredictionLog
 from ..metrics import Metrics
-from ..service import PredictionService
+from ..registry import RegistryView
 from .responses import JSON
 from .schemas import Liveness, Readiness, documented
 
 
-def router(service: PredictionService, metrics: Metrics) -> APIRouter:
+def router(registry: RegistryView, metrics: Metrics,
+           prediction_log: PredictionLog | None) -> APIRouter:
     api = APIRouter(tags=["ops"])
 
     @api.get("/healthz", summary="Liveness: the process answers", **documented(Liveness))
@@ -22,7 +24,9 @@ def router(service: PredictionService, metrics: Metrics) -> APIRouter:
     @api.get("/readyz", summary="Readiness: every model loaded and warm, not draining",
              **documented(Readiness, 503))
     async def readyz() -> JSON:
-        ready, details = service.readiness()
+        ready, details = registry.readiness()
+        if prediction_log is not None:  # reported, but predictions never wait for it
+            details["prediction_log"] = prediction_log.state()
         headers = {} if ready else {"Retry-After": "1"}
         return JSON(details, status_code=200 if ready else 503, headers=headers)
 

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request
 
 from ..errors import InvalidInput, ModelhostError
 from ..metrics import Metrics
-from ..service import PredictionService
+from ..predictor import Predictor
+from ..registry import RegistryView
 from ..settings import Settings
 from .errors import request_id_of
 from .parse import deadline_for, query_source, read_predict_request
@@ -42,7 +43,8 @@ _OPTIONS_DOC = [
 ]
 
 
-def router(service: PredictionService, metrics: Metrics, settings: Settings) -> APIRouter:
+def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
+           settings: Settings) -> APIRouter:
     api = APIRouter(prefix="/api", tags=["predict"], responses=ERRORS)
 
     def counted(model: str, route: str, status: int) -> None:
@@ -52,13 +54,13 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         try:
             deadline = deadline_for(request, settings.timeout)
             predict_request = await parse(deadline)
-            prediction = await service.predict(model, predict_request, deadline,
+            prediction = await predictor.predict(model, predict_request, deadline,
                                                request_id_of(request))
         except ModelhostError as exc:
-            counted(model if model in service.models else "", route, exc.status)
+            counted(model if model in registry.models else "", route, exc.status)
             raise
         counted(model, route, 200)
-        return JSON(prediction.as_dict())
+        return JSON(prediction.as_dict(), headers={"X-Prediction-Id": prediction.id})
 
     @api.post("/models/{model}/predict", openapi_extra={**_BODY_DOC, "parameters": _OPTIONS_DOC},
               summary="Classify one image with one model", **documented(PredictionBody))
@@ -88,7 +90,7 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         names = _model_names(request.query_params.get("models", ""))
         deadline = deadline_for(request, settings.timeout)
         predict_request = await read_predict_request(request, deadline)
-        outcomes = await service.predict_many(names, predict_request, deadline,
+        outcomes = await predictor.predict_many(names, predict_request, deadline,
                                               request_id_of(request))
         body, any_ok = {}, False
         for name, outcome in outcomes.items():

@@ -10,12 +10,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ..errors import InvalidInput, ModelhostError, NotFound, Unavailable
+from ..errors import InvalidInput, ModelhostError, NotFound
 from ..metrics import Metrics
-from ..postprocess import probabilities, top_k
+from ..predictor import Call, Inference, Predictor
 from ..protocols import tfserving as tfs
 from ..protocols.rows import (
-    Row,
     batched,
     image_rows,
     model_input,
@@ -24,11 +23,9 @@ from ..protocols.rows import (
     tensor_rows,
 )
 from ..protocols.v2 import ProtocolError
-from ..service import PredictionService, ServedModel
+from ..registry import ModelState, RegistryView, ServedModel
 from ..settings import Settings
-from .errors import request_id_of
-from .parse import deadline_for
-from .protocol_errors import ProtocolRoute, read_body
+from .parse import call_of, read_body
 from .schemas import documented
 
 LATEST = "latest"
@@ -40,35 +37,40 @@ def _body_doc(model: type) -> dict:
         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
-def router(service: PredictionService, metrics: Metrics, settings: Settings) -> APIRouter:
-    api = APIRouter(prefix="/v1/models", tags=["tensorflow serving"], route_class=ProtocolRoute,
+_STATUS = {ModelState.READY: "AVAILABLE", ModelState.LOADING: "LOADING",
+           ModelState.FAILED: "END", ModelState.REMOVED: "END"}
+
+
+def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
+           settings: Settings) -> APIRouter:
+    api = APIRouter(prefix="/v1/models", tags=["tensorflow serving"],
                     responses=_ERRORS)
 
-    def served(name: str, version: str | None, label: str | None) -> ServedModel:
-        model = service.model(name)
+    def named(name: str, version: str | None, label: str | None) -> ServedModel:
+        """The model a path names, in any state; TF Serving's own 404 texts for a version
+        or label it does not serve."""
+        model = registry.model(name)
         if version is not None and version != model.spec.version:
             raise NotFound(f"Servable not found for request: Specific({name}, {version})")
         if label is not None and label != LATEST:
             raise NotFound(f"Unrecognized servable version label: {label}")
         return model
 
-    def ready(model: ServedModel) -> ServedModel:
-        if model.state != "ready" or model.info is None:
-            raise Unavailable(f"model {model.spec.name!r} is not ready", "not_ready")
-        return model
+    def served(name: str, version: str | None, label: str | None) -> ServedModel:
+        named(name, version, label)
+        return registry.served(name)
 
     async def status(request: Request, model: str, version: str | None,
                      label: str | None) -> dict:
-        found = served(model, version, label)
-        state = {"ready": "AVAILABLE", "loading": "LOADING", "failed": "END"}[found.state]
+        found = named(model, version, label)
         error = ({"error_code": "UNKNOWN", "error_message": found.error} if found.error
                  else {"error_code": "OK", "error_message": ""})
         return {"model_version_status": [
-            {"version": found.spec.version, "state": state, "status": error}]}
+            {"version": found.spec.version, "state": _STATUS[found.state], "status": error}]}
 
     async def metadata(request: Request, model: str, version: str | None,
                        label: str | None) -> dict:
-        found = ready(served(model, version, label))
+        found = served(model, version, label)
         tensor_in, tensor_out = model_input(found), model_output(found)
         signature = {
             "inputs": {tensor_in.name: tfs.tensor_info(tensor_in.name, tensor_in.dtype,
@@ -81,41 +83,38 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
                                "version": found.spec.version},
                 "metadata": {"signature_def": {"signature_def": {tfs.SIGNATURE: signature}}}}
 
-    async def run(request: Request, found: ServedModel, batch: tfs.Batch, route: str):
-        rows: list[Row] = (image_rows(batch.images) if batch.images is not None else
-                           tensor_rows(found, model_input(found).name, batch.tensor))
-        deadline = deadline_for(request, settings.timeout)
+    async def run(found: ServedModel, batch: tfs.Batch, call: Call, route: str) -> Inference:
+        rows = (image_rows(batch.images) if batch.images is not None else
+                tensor_rows(found, model_input(found).name, batch.tensor))
         try:
-            output = await service.infer(found.spec.name, rows, deadline,
-                                         request_id_of(request))
+            result = await predictor.infer(found.spec.name, rows, call)
         except ModelhostError as exc:
             metrics.requests.labels(found.spec.name, route, str(exc.status)).inc()
             raise
         metrics.requests.labels(found.spec.name, route, "200").inc()
-        return output
+        return result
 
     async def predict(request: Request, model: str, version: str | None,
                       label: str | None) -> Response:
-        found = ready(served(model, version, label))
-        body = tfs.loads(await read_body(request, deadline_for(request, settings.timeout)))
+        found = served(model, version, label)
+        call = call_of(request, settings.timeout)
+        body = tfs.loads(await read_body(request, call.deadline))
         batch, rows_format = tfs.predict_batch(body, model_input(found).name)
-        output = shaped_output(found, await run(request, found, batch, "tfs_predict"))
+        result = await run(found, batch, call, "tfs_predict")
         key = "predictions" if rows_format else "outputs"
-        return Response(tfs.dumps({key: output.tolist()}), media_type="application/json")
+        return _answer({key: shaped_output(found, result.outputs).tolist()}, result)
 
     async def classify(request: Request, model: str, version: str | None,
                        label: str | None) -> Response:
-        found = ready(served(model, version, label))
-        body = tfs.loads(await read_body(request, deadline_for(request, settings.timeout)))
-        output = await run(request, found, tfs.classify_batch(body), "tfs_classify")
-        kind, k = found.spec.config.output_kind, found.spec.config.top_k
-        results = [[[t.label, t.score] for t in top_k(probabilities(row, kind),
-                                                       found.spec.labels, k)]
-                   for row in output]
-        return Response(tfs.dumps({"results": results}), media_type="application/json")
+        found = served(model, version, label)
+        call = call_of(request, settings.timeout)
+        body = tfs.loads(await read_body(request, call.deadline))
+        result = await run(found, tfs.classify_batch(body), call, "tfs_classify")
+        return _answer({"results": [[[t.label, t.score] for t in p.labels]
+                                    for p in result.predictions]}, result)
 
     async def regress(request: Request, model: str, version: str | None, label: str | None):
-        served(model, version, label)
+        named(model, version, label)
         raise InvalidInput("Expected regression signature method_name to be "
                            "tensorflow/serving/regress; this model classifies")
 
@@ -135,6 +134,12 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings) -> 
         api.add_api_route(f"{path}:regress", endpoint(regress), methods=["POST"],
                           summary="Regress (not supported by classifiers)")
     return api
+
+
+def _answer(body: dict, result: Inference) -> Response:
+    """TF Serving's JSON, with the prediction ids (for feedback) in ``X-Prediction-Id``."""
+    return Response(tfs.dumps(body), media_type="application/json",
+                    headers={"X-Prediction-Id": result.ids})
 
 
 def at_model(handler):

@@ -18,13 +18,12 @@ from starlette.responses import Response
 from .. import __version__
 from ..errors import Forbidden, InvalidInput, ModelhostError
 from ..metrics import Metrics
+from ..predictor import Inference, Predictor
 from ..protocols import v2
 from ..protocols import v2_model as served_v2
-from ..service import PredictionService, ServedModel
+from ..registry import ModelState, RegistryView, ServedModel
 from ..settings import Settings
-from .errors import request_id_of
-from .parse import deadline_for
-from .protocol_errors import ProtocolRoute, read_body
+from .parse import call_of, read_body
 from .responses import JSON
 
 if TYPE_CHECKING:
@@ -59,9 +58,9 @@ BINARY_RESPONSE = {200: {"content": {"application/octet-stream": {"schema": {
                    "bytes), then the tensors."}}}}}
 
 
-def router(service: PredictionService, metrics: Metrics, settings: Settings,
+def router(registry: RegistryView, predictor: Predictor, metrics: Metrics, settings: Settings,
            control: ModelControl | None = None) -> APIRouter:
-    api = APIRouter(prefix="/v2", tags=["kserve v2"], route_class=ProtocolRoute,
+    api = APIRouter(prefix="/v2", tags=["kserve v2"],
                     responses=_ERRORS)
 
     @api.get("", summary="Server metadata", response_model=v2.ServerMetadata)
@@ -75,25 +74,25 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings,
     @api.get("/health/ready", summary="Server ready (503 when not)",
              response_model=v2.ServerReady)
     async def server_ready() -> JSON:
-        is_ready, _ = service.readiness()
+        is_ready, _ = registry.readiness()
         return JSON({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @api.get("/models", summary="The served models' names")
     async def models() -> dict[str, list[str]]:
-        return {"models": list(service.models)}
+        return {"models": list(registry.models)}
 
     @api.post("/repository/index", summary="The repository's models and their state",
               response_model=list[v2.RepositoryModel], openapi_extra=INDEX_BODY)
     async def repository_index(request: Request) -> list[dict]:
         body = await request.body()
         only_ready = bool(body) and v2.parse_index_request(body).ready
-        served = [_index_entry(m) for m in service.models.values()
-                  if not only_ready or m.state == "ready"]
+        served = [_index_entry(m) for m in registry.models.values()
+                  if not only_ready or m.state is ModelState.READY]
         if control is None or only_ready:
             return served
         unloaded = [{"name": spec.name, "version": spec.version, "state": "UNAVAILABLE",
                      "reason": "unloaded"} for name, spec in (await control.repository()).items()
-                    if name not in service.models]
+                    if name not in registry.models]
         return served + unloaded
 
     @api.post("/repository/models/{model}/load", summary="Load (or reload) a repository model",
@@ -116,16 +115,16 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings,
         return {"name": model, "unload": True}
 
     async def model_ready(request: Request, model: str, version: str | None) -> JSON:
-        ok = served_v2.is_ready(service, model, version)
+        ok = served_v2.is_ready(registry, model, version)
         return JSON({"name": model, "ready": ok}, status_code=200 if ok else 503)
 
     async def model_metadata(request: Request, model: str, version: str | None) -> dict:
-        return served_v2.metadata(served_v2.served(service, model, version))
+        return served_v2.metadata(registry.served(model, version))
 
     async def infer(request: Request, model: str, version: str | None) -> Response:
-        found = served_v2.served(service, model, version)
-        deadline = deadline_for(request, settings.timeout)
-        body = await read_body(request, deadline)
+        found = registry.served(model, version)
+        call = call_of(request, settings.timeout)
+        body = await read_body(request, call.deadline)
         header, binary = v2.split_body(body, request.headers.get(_HEADER))
         if request.headers.get(_HEADER) == "0":  # raw: batch 1, every output binary
             inference = v2.InferenceRequest(inputs=[], parameters={"binary_data_output": True})
@@ -137,13 +136,13 @@ def router(service: PredictionService, metrics: Metrics, settings: Settings,
             found, [(o.name, o.parameters or {}) for o in inference.outputs or []] or None,
             bool((inference.parameters or {}).get("binary_data_output", False)))
         try:
-            output = await service.infer(model, rows, deadline, request_id_of(request))
+            result = await predictor.infer(model, rows, call)
         except ModelhostError as exc:
             metrics.requests.labels(model, "v2_infer", str(exc.status)).inc()
             raise
         metrics.requests.labels(model, "v2_infer", "200").inc()
-        values = served_v2.output_values(found, wanted, output)
-        return _response(found, inference.id, wanted, values)
+        values = served_v2.output_values(found, wanted, result.outputs)
+        return _response(found, inference.id, wanted, values, result)
 
     for path, endpoint in (("/models/{model}", at_model),
                            ("/models/{model}/versions/{version}", at_version)):
@@ -184,26 +183,32 @@ def at_version(handler):
     return endpoint
 
 
+_INDEX_STATE = {ModelState.READY: "READY", ModelState.LOADING: "LOADING",
+                ModelState.FAILED: "UNAVAILABLE", ModelState.REMOVED: "UNAVAILABLE"}
+
+
 def _index_entry(model: ServedModel) -> dict:
-    state = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}[model.state]
+    state = _INDEX_STATE[model.state]
     return {"name": model.spec.name, "version": model.spec.version, "state": state,
             "reason": model.error or ""}
 
 
 def _response(model: ServedModel, request_id: str | None, wanted: list[served_v2.Wanted],
-              values: list) -> Response:
-    """JSON, or a JSON header followed by binary outputs (Triton's extension)."""
+              values: list, result: Inference) -> Response:
+    """JSON, or a JSON header followed by binary outputs (Triton's extension); the
+    prediction ids (one per row, for feedback) in ``parameters`` and ``X-Prediction-Id``."""
     entries, blobs = [], []
     for want, value in zip(wanted, values, strict=True):
         entry, blob = v2.encode_output(want.name, value, want.binary)
         entries.append(entry)
         blobs.append(blob)
     body: dict = {"model_name": model.spec.name, "model_version": model.spec.version,
-                  "outputs": entries}
+                  "parameters": {"prediction_id": result.ids}, "outputs": entries}
     if request_id is not None:
         body["id"] = request_id
     head = JSON(body).body
+    ids = {"X-Prediction-Id": result.ids}
     if not any(blobs):
-        return Response(head, media_type="application/json")
+        return Response(head, media_type="application/json", headers=ids)
     return Response(head + b"".join(blobs), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(head))})
+                    headers={"Inference-Header-Content-Length": str(len(head)), **ids})

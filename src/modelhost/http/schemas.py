@@ -1,6 +1,6 @@
 """The native API's response bodies as pydantic models, for the OpenAPI document only.
 
-Routes build their bodies from the service's dataclasses (orjson, no validation on the hot
+Routes build their bodies from the predictor's dataclasses (orjson, no validation on the hot
 path); these models describe those bodies, and tests check live responses against them.
 """
 

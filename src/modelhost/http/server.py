@@ -16,19 +16,19 @@ import select
 import uvicorn
 
 from .. import logs
-from ..service import PredictionService
+from ..registry import Registry
 from .protocol import ConnectionGuard
 
 log = logging.getLogger("modelhost.server")
 
 
 class Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, service: PredictionService, grace: float,
+    def __init__(self, config: uvicorn.Config, registry: Registry, grace: float,
                  grpc=None, guard: ConnectionGuard | None = None) -> None:
         super().__init__(config)
         self._guard = guard  # the HTTP connections' limits and drain flag
         self._grpc = grpc  # a GrpcServer started and stopped with this one, or None
-        self._service = service
+        self._registry = registry
         self._grace = grace
         self._draining: asyncio.Future | None = None
         self.url: str | None = None
@@ -52,7 +52,7 @@ class Server(uvicorn.Server):
         log.info("signal %s: draining (grace %.0fs)", sig, self._grace)
         if self._guard is not None:
             self._guard.draining = True  # responses now close their connections
-        await self._service.drain(self._grace)
+        await self._registry.drain(self._grace)
         self.should_exit = True
 
     async def startup(self, sockets=None) -> None:
@@ -66,8 +66,8 @@ class Server(uvicorn.Server):
     async def _announce(self, grpc_port: int | None) -> None:
         """Print the URL once the models have loaded (or failed with ``--keep-going``): a URL
         printed earlier would be followed by a failure, or by 503s while models load."""
-        await self._service.lifecycle.loaded.wait()
-        if self._service.lifecycle.fatal:
+        await self._registry.lifecycle.loaded.wait()
+        if self._registry.lifecycle.fatal:
             return
         if grpc_port is not None:  # before the URL line, which tests wait for
             logs.announce(f"modelhost serving gRPC on port {grpc_port}")
@@ -92,6 +92,6 @@ class Server(uvicorn.Server):
             await asyncio.sleep(0.001)
 
     async def on_tick(self, counter: int) -> bool:
-        if self._service.lifecycle.fatal:
+        if self._registry.lifecycle.fatal:
             return True
         return await super().on_tick(counter)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InvalidInput
 from ..preprocessing import tensor_shape
-from ..service import ServedModel
+from ..registry import ServedModel
 from ..types import Region, TensorSpec
 from ..workers.messages import RawTensor
 

@@ -1,8 +1,8 @@
 """V2 semantics on a served model, shared by the REST and gRPC transports: which version
 answers, metadata, the request's input as model rows, and the requested outputs.
 
-Only the served (highest) version of a model answers; other versions of its folder exist but
-are not ready. A model has one input and one output (what the runtimes run).
+Only the served (highest) version of a model answers (``Registry.served``); other versions of
+its folder exist but are not ready. A model has one input and one output (what the runtimes run).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidInput, NotFound, Unavailable
-from ..service import PredictionService, ServedModel
+from ..errors import InvalidInput, NotFound
+from ..registry import ModelState, RegistryView, ServedModel
 from . import v2
 from .rows import (
     Row,
@@ -37,22 +37,12 @@ class Wanted:
     binary: bool = False
 
 
-def served(service: PredictionService, name: str, version: str | None) -> ServedModel:
-    """The model ready to answer for ``version`` (None or "" for the served one)."""
-    model = service.model(name)
-    if version and version != model.spec.version:
-        raise NotFound(f"version {version!r} of model {name!r} is not served")
-    if model.state != "ready" or model.info is None:
-        raise Unavailable(f"model {name!r} is not ready", "not_ready")
-    return model
-
-
-def is_ready(service: PredictionService, name: str, version: str | None) -> bool:
+def is_ready(registry: RegistryView, name: str, version: str | None) -> bool:
     """Model readiness; 404 for a model or version the repository does not have."""
-    model = service.model(name)
+    model = registry.model(name)
     if version and version not in model.spec.versions:
         raise NotFound(f"model {name!r} has no version {version!r}")
-    return (model.state == "ready" and model.pool.ready_workers > 0
+    return (model.state is ModelState.READY and model.workers_ready > 0
             and version in (None, "", model.spec.version))
 
 

@@ -12,36 +12,57 @@ import importlib
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
-from ..types import ModelInfo, ModelSpec
+from ..errors import StartupError
+from ..types import Format, ModelInfo, ModelSpec
 
 
-class RuntimeUnavailable(Exception):
+class RuntimeUnavailable(StartupError):
     """The model's format needs a runtime that is not installed or not supported yet."""
 
 
-class UntrustedCode(Exception):
+class UntrustedCode(StartupError):
     """The model holds Python code (a Lambda layer, a pipeline.py) and loading it was not
     allowed with ``--trust-model-code``."""
 
 
-class ModelFileError(Exception):
+class ModelFileError(StartupError):
     """The model file is damaged, is not what its name says, or reaches outside its folder; the
     message names the file and the reason in one line."""
 
 
 class Runtime(Protocol):
-    """What a worker needs from a loaded model."""
+    """Everything a worker calls on a loaded model.
+
+    A runtime takes preprocessed arrays (``predict``), or, when ``takes_images`` is true, the
+    decoded images themselves (``predict_images``: a ``pipeline.py`` that does its own
+    preprocessing); the worker reads ``takes_images`` once and calls one of the two.
+    """
 
     info: ModelInfo
+    takes_images: bool
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch (first axis) and return the first output, batch-first."""
         ...
 
+    def predict_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Run one batch of decoded images; only called when ``takes_images``."""
+        ...
 
-# format → (module, class, the extra that installs its framework)
-_RUNTIMES = {
+
+class ArrayRuntime:
+    """The base of the runtimes fed preprocessed arrays (every framework runtime)."""
+
+    takes_images = False
+
+    def predict_images(self, images: list[Image.Image]) -> np.ndarray:
+        raise TypeError(f"{type(self).__name__} takes preprocessed arrays, not images")
+
+
+# format → (module, class, the extra that installs its framework); one entry per FORMATS word
+_RUNTIMES: dict[Format, tuple[str, str, str]] = {
     "onnx": ("onnx", "OnnxRuntime", ""),
     "keras": ("keras", "KerasRuntime", "tensorflow"),
     "tf_savedmodel": ("tensorflow", "SavedModelRuntime", "tensorflow"),

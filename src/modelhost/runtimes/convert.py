@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import StartupError
 from ..types import ModelSpec, Preprocessing, Region
 
 log = logging.getLogger("modelhost.convert")
@@ -47,7 +48,7 @@ OPSET = 17
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-class ConversionError(Exception):
+class ConversionError(StartupError):
     """``--runtime onnx`` was asked for and the model could not be converted and verified."""
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..types import ModelInfo, ModelSpec, TensorSpec
 from . import tensorflow as tf_runtime
-from .base import ModelFileError, UntrustedCode
+from .base import ArrayRuntime, ModelFileError, UntrustedCode
 
 CODE_LAYERS = ("Lambda", "TFOpLambda")
 SCALING_LAYERS = ("Rescaling", "Normalization")
@@ -82,7 +82,7 @@ def load_model(spec: ModelSpec):
     )
 
 
-class KerasRuntime:
+class KerasRuntime(ArrayRuntime):
     """A Keras model called through one traced function."""
 
     def __init__(self, spec: ModelSpec, threads: int = 0) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import ModelInfo, ModelSpec, TensorSpec
-from .base import ModelFileError, first_line
+from .base import ArrayRuntime, ModelFileError, first_line
 
 _DTYPES = {
     "tensor(float)": "float32",
@@ -28,7 +28,7 @@ _DTYPES = {
 }
 
 
-class OnnxRuntime:
+class OnnxRuntime(ArrayRuntime):
     """One ONNX model in an InferenceSession with a fixed intra-op thread count."""
 
     def __init__(self, spec: ModelSpec | Path, threads: int = 0) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import ModelInfo, ModelSpec, TensorSpec
+from .base import ArrayRuntime
 
 _SCALING_SCOPE = re.compile(r"^(rescaling|normalization)(_\d+)?$")
 # Ops that are never a model's answer: bookkeeping and constants.
@@ -38,7 +39,7 @@ def configured(threads: int):
     return tf
 
 
-class SavedModelRuntime:
+class SavedModelRuntime(ArrayRuntime):
     """The ``serving_default`` signature of a SavedModel; the first output (by name)."""
 
     def __init__(self, spec: ModelSpec, threads: int = 0) -> None:
@@ -73,7 +74,7 @@ def serving_function(loaded):
     raise ValueError(f"the SavedModel has no serving_default signature (has {list(signatures)})")
 
 
-class FrozenGraphRuntime:
+class FrozenGraphRuntime(ArrayRuntime):
     """A frozen GraphDef pruned to one input placeholder and one output op."""
 
     def __init__(self, spec: ModelSpec, threads: int = 0) -> None:

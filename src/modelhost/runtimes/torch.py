@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import ModelInfo, ModelSpec, TensorSpec
-from .base import ModelFileError, UntrustedCode, first_line
+from .base import ArrayRuntime, ModelFileError, UntrustedCode, first_line
 
 
 def _torch(threads: int):
@@ -37,7 +37,7 @@ def _torch(threads: int):
     return torch
 
 
-class _TorchRuntime:
+class _TorchRuntime(ArrayRuntime):
     """Shared by both formats: an eval-mode module called without autograd."""
 
     module = None

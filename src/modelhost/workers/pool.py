@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from ..errors import InternalError, InvalidInput, ModelhostError, Unavailable
+from ..errors import InternalError, InvalidInput, ModelhostError, StartupError, Unavailable
 from ..types import ModelInfo, ModelSpec, Region
 from .messages import (
     Batch,
@@ -58,7 +58,7 @@ def digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-class LoadError(Exception):
+class LoadError(StartupError):
     """A worker could not load its model; the message names the file and the reason."""
 
 

@@ -31,6 +31,7 @@ from ..logs import quiet_stderr
 from ..preprocessing import resolve, tensor_shape
 from ..runtimes.base import (
     ModelFileError,
+    Runtime,
     RuntimeUnavailable,
     UntrustedCode,
     first_line,
@@ -76,15 +77,15 @@ def main(fd: int) -> None:
     _serve(conn, runtime, prep, start)
 
 
-def _warm_up(runtime, prep: Preprocessing) -> None:
+def _warm_up(runtime: Runtime, prep: Preprocessing) -> None:
     """One blank input, so that the first request does not pay for lazy initialisation."""
-    if getattr(runtime, "takes_images", False):
+    if runtime.takes_images:
         runtime.predict_images([Image.new("RGB", prep.size)])
     else:
         runtime.predict(np.zeros(tensor_shape(prep, 1), dtype=prep.dtype))
 
 
-def _serve(conn: Connection, runtime, prep: Preprocessing, start: Start) -> None:
+def _serve(conn: Connection, runtime: Runtime, prep: Preprocessing, start: Start) -> None:
     slots = Attachments()
     while True:
         try:
@@ -103,11 +104,11 @@ def _serve(conn: Connection, runtime, prep: Preprocessing, start: Start) -> None
             conn.send_bytes(frame)
 
 
-def _run(runtime, prep: Preprocessing, start: Start, batch: Batch, payload) -> bytes:
+def _run(runtime: Runtime, prep: Preprocessing, start: Start, batch: Batch, payload) -> bytes:
     """Decode each image on its own (a bad one fails alone), then run the good ones together."""
     max_pixels = start.max_pixels
     tensors, ok, errors, decode_ms, digests = [], [], [], [], []
-    takes_images = getattr(runtime, "takes_images", False)  # a pipeline.py that wants PIL images
+    takes_images = runtime.takes_images  # a pipeline.py that wants PIL images
     for index, item in enumerate(batch.items):
         started = time.perf_counter()
         try:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import ConfigError
+from ..settings import ConfigError
 
 PREFIX = "mh_"
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -1,0 +1,248 @@
+"""The one request path: every protocol's rows go through :meth:`Predictor._run`.
+
+    admit (not draining) → deadline → [native: read the source]
+    → _run: served model → header check (format, pixel cap, crop point) → poison quarantine
+      → the model's batcher → worker (decode, preprocess, runtime) → NaN/Inf check
+      → probabilities + top-k → metrics, the per-prediction log line, the prediction record
+
+Native predict, multi-model predict, V2 REST, V2 gRPC and TF Serving all call it, so they all
+quarantine, refuse NaN, log and record alike, and every prediction has an id its client gets
+back for feedback. It knows no HTTP: adapters hand it rows and a deadline and get
+:class:`Prediction` objects or a :class:`ModelhostError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .batching.batcher import BatchOutput
+from .errors import InternalError, ModelhostError, Timeout, Unavailable
+from .feedback.recorder import PredictionLog
+from .inputs.images import check
+from .inputs.sources import Source, SourceReader
+from .metrics import Metrics
+from .postprocess import probabilities, top_k
+from .registry import Registry, ServedModel
+from .types import Prediction, Region, Timings
+from .workers.messages import RawTensor
+
+log = logging.getLogger("modelhost.predictor")
+predictions_log = logging.getLogger("modelhost.predictions")
+
+Row = tuple[bytes, Region | RawTensor]
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """What a native client asked for, already parsed and validated by the HTTP layer."""
+
+    source: Source
+    region: Region = field(default_factory=Region)
+    top_k: int | None = None
+    client: str | None = None  # the API key's name, for the prediction log
+    bench: bool = False  # load-test traffic (X-Modelhost-Bench): logged, marked
+
+
+@dataclass(frozen=True)
+class Call:
+    """Who is asking and until when: the same for every row of one request."""
+
+    deadline: float
+    request_id: str
+    client: str | None = None
+    top_k: int | None = None
+    bench: bool = False  # load-test traffic (X-Modelhost-Bench): recorded, marked as such
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A tensor-protocol request's result: the model's output rows and their predictions."""
+
+    outputs: np.ndarray  # (rows, outputs) float32, as the worker returned them
+    predictions: list[Prediction]
+
+    @property
+    def ids(self) -> str:
+        """The prediction ids, comma-separated in row order (one per row)."""
+        return ",".join(p.id for p in self.predictions)
+
+
+class Predictor:
+    """Runs predictions on the registry's models; the one place a prediction happens."""
+
+    def __init__(self, registry: Registry, sources: SourceReader, metrics: Metrics, *,
+                 max_pixels: int, prediction_log: PredictionLog | None = None) -> None:
+        self._registry = registry
+        self._sources = sources
+        self._metrics = metrics
+        self._max_pixels = max_pixels
+        self.prediction_log = prediction_log
+
+    async def aclose(self) -> None:
+        await self._sources.aclose()
+
+    # -- the entry points, one per request shape -------------------------------------------
+
+    async def predict(self, name: str, request: PredictRequest, deadline: float,
+                      request_id: str) -> Prediction:
+        """One image named by a native request through one model."""
+        call = Call(deadline, request_id, request.client, request.top_k, request.bench)
+        with self._admitted():
+            self._registry.served(name)  # 404/503 before the source is read
+            started = time.perf_counter()
+            async with _deadline(deadline):
+                data, fetch_ms = await self._fetch(request.source)
+                found = await self._run(name, [(data, request.region)], call, started,
+                                        fetch_ms)
+        return found.predictions[0]
+
+    async def predict_many(self, names: list[str], request: PredictRequest, deadline: float,
+                           request_id: str) -> dict[str, Prediction | ModelhostError]:
+        """One image through several models in parallel; each fails on its own."""
+        call = Call(deadline, request_id, request.client, request.top_k, request.bench)
+        with self._admitted():
+            started = time.perf_counter()
+            async with _deadline(deadline):
+                data, fetch_ms = await self._fetch(request.source)
+            results = await asyncio.gather(
+                *(self._run_in_time(n, [(data, request.region)], call, started, fetch_ms)
+                  for n in names),
+                return_exceptions=True,
+            )
+        return {n: _as_outcome(r) for n, r in zip(names, results, strict=True)}
+
+    async def infer(self, name: str, rows: list[Row], call: Call) -> Inference:
+        """Rows of one tensor-protocol request (V2, TF Serving, gRPC) through one model: each
+        row joins the batcher on its own, so these requests batch with every other; a failing
+        row fails the request (the protocols have no per-row errors)."""
+        with self._admitted():
+            return await self._run_in_time(name, rows, call, time.perf_counter(), 0.0)
+
+    # -- the run step ----------------------------------------------------------------------
+
+    async def _run_in_time(self, name: str, rows: list[Row], call: Call, started: float,
+                           fetch_ms: float) -> Inference:
+        async with _deadline(call.deadline):
+            return await self._run(name, rows, call, started, fetch_ms)
+
+    async def _run(self, name: str, rows: list[Row], call: Call, started: float,
+                   fetch_ms: float) -> Inference:
+        """The one run step: check every row, batch them, check and record every result."""
+        model = self._registry.served(name)  # again: --watch may have swapped it meanwhile
+        try:
+            for data, region in rows:  # every row is checked before any row queues
+                if isinstance(region, Region):
+                    check(data, region, model.spec.config.default_crop, self._max_pixels)
+                model.batcher.refuse_poison(data)
+            outs = await _submit(model, rows, call.deadline)
+            for out in outs:
+                if not np.isfinite(out.row).all():
+                    self._metrics.invalid_outputs.labels(name).inc()
+                    raise InternalError("the model returned NaN or infinite scores for this "
+                                        "input", "model_failed")
+        except ModelhostError as exc:
+            self._log_failure(model, exc, started, call.request_id)
+            raise
+        predictions = [self._finish(model, row, out, call, started, fetch_ms)
+                       for row, out in zip(rows, outs, strict=True)]
+        return Inference(np.stack([out.row for out in outs]), predictions)
+
+    def _finish(self, model: ServedModel, row: Row, out: BatchOutput, call: Call,
+                started: float, fetch_ms: float) -> Prediction:
+        """One row's prediction: labels, timings, metrics, log line and record."""
+        config = model.spec.config
+        labels = top_k(probabilities(out.row, config.output_kind), model.spec.labels,
+                       call.top_k or config.top_k)
+        timings = Timings(fetch=fetch_ms, decode=out.decode_ms, queue=out.queue_ms,
+                          inference=out.inference_ms,
+                          total=(time.perf_counter() - started) * 1000)
+        prediction = Prediction(uuid.uuid4().hex, model.spec.name, model.spec.version, labels,
+                                timings, out.batch_size)
+        self._observe(prediction, call.request_id)
+        if self.prediction_log is not None:
+            data, region = row
+            self.prediction_log.record(
+                prediction, data=data, sha256=out.sha256,
+                region=region if isinstance(region, Region) else Region(),
+                client=call.client, request_id=call.request_id, bench=call.bench)
+        return prediction
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _fetch(self, source: Source) -> tuple[bytes, float]:
+        started = time.perf_counter()
+        data = await self._sources.read(source)
+        return data, (time.perf_counter() - started) * 1000
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        lifecycle = self._registry.lifecycle
+        if lifecycle.draining:
+            raise Unavailable("the server is shutting down", "draining", retry_after=2.0)
+        lifecycle.inflight += 1
+        try:
+            yield
+        finally:
+            lifecycle.inflight -= 1
+
+    def _observe(self, p: Prediction, request_id: str) -> None:
+        m, t = self._metrics, p.timings
+        m.decode.labels(p.model).observe(t.decode / 1000)
+        m.queue.labels(p.model).observe(t.queue / 1000)
+        m.inference.labels(p.model).observe(t.inference / 1000)
+        m.total.labels(p.model).observe(t.total / 1000)
+        m.batch_size.labels(p.model).observe(p.batch_size)
+        predictions_log.info("prediction", extra={"fields": {
+            "request_id": request_id, "prediction_id": p.id, "model": p.model,
+            "version": p.version, "status": 200, "batch_size": p.batch_size,
+            "top1": p.labels[0].label if p.labels else None,
+            "durations_ms": t.as_dict(),
+        }})
+
+    @staticmethod
+    def _log_failure(model: ServedModel, exc: ModelhostError, started: float,
+                     request_id: str) -> None:
+        predictions_log.info("prediction failed", extra={"fields": {
+            "request_id": request_id, "model": model.spec.name, "version": model.spec.version,
+            "status": exc.status, "code": exc.code,
+            "durations_ms": {"total": round((time.perf_counter() - started) * 1000, 3)},
+        }})
+
+
+async def _submit(model: ServedModel, rows: list[Row], deadline: float) -> list[BatchOutput]:
+    """Queue every row on the model's batcher; the first failure fails them all."""
+    if len(rows) == 1:  # the common case needs no task per row
+        return [await model.batcher.submit(*rows[0], deadline)]
+    outs = await asyncio.gather(*(model.batcher.submit(data, region, deadline)
+                                  for data, region in rows), return_exceptions=True)
+    for out in outs:
+        if isinstance(out, BaseException):
+            raise out
+    return outs  # type: ignore[return-value]
+
+
+@contextlib.asynccontextmanager
+async def _deadline(deadline: float) -> AsyncIterator[None]:
+    """Turn running out of time into a 504, whatever stage was running."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            yield
+    except TimeoutError:
+        raise Timeout("the request did not finish before its deadline") from None
+
+
+def _as_outcome(result: object) -> Prediction | ModelhostError:
+    if isinstance(result, ModelhostError):
+        return result
+    if isinstance(result, Inference):
+        return result.predictions[0]
+    log.error("unexpected error in a fan-out prediction", exc_info=result)  # type: ignore[arg-type]
+    return ModelhostError("the prediction failed")
