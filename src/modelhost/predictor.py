@@ -48,7 +48,7 @@ class PredictRequest:
     region: Region = field(default_factory=Region)
     top_k: int | None = None
     client: str | None = None  # the API key's name, for the prediction log
-    bench: bool = False  # load-test traffic (X-Modelhost-Bench): logged, marked
+    bench: bool = False  # load-test traffic (X-Modelhost-Bench): stored marked as such
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Call:
     request_id: str
     client: str | None = None
     top_k: int | None = None
-    bench: bool = False  # load-test traffic (X-Modelhost-Bench): recorded, marked as such
+    bench: bool = False  # load-test traffic (X-Modelhost-Bench): stored marked as such
 
 
 @dataclass(frozen=True)
