@@ -11,6 +11,7 @@ clients are real HTTP and gRPC clients.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import time
@@ -23,8 +24,10 @@ import httpx
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from sqlalchemy import select
 
 from modelhost.assembly import Core
+from modelhost.feedback.schema import predictions
 from modelhost.feedback.store import Store
 from modelhost.protocols import v2_grpc
 from modelhost.workers.pool import digest
@@ -168,6 +171,37 @@ def test_every_protocol_logs_records_and_returns_an_id_feedback_accepts(served, 
     feedback = served.http.post(f"/api/predictions/{ids[0]}/feedback", json={"label": "blue"})
     assert feedback.status_code in (200, 202), feedback.text
     assert feedback.json()["prediction_id"] == ids[0] and feedback.json()["correct"] is True
+
+
+def _bench_client(s: Served) -> Served:
+    """The same server, every request marked as load-test traffic the way ``modelhost bench``
+    marks it (an HTTP header; on gRPC the same key as metadata)."""
+    mark = {"x-modelhost-bench": "1"}
+    http = httpx.Client(base_url=s.http.base_url, timeout=30, headers=mark)
+    return Served(http, functools.partial(s.infer, metadata=tuple(mark.items())), s.core, s.db)
+
+
+def _bench_flag(db: str, prediction_id: str) -> bool:
+    _stored(db, prediction_id)  # wait for the journal to reach the database
+    store = Store(db)
+    try:
+        with store.engine.connect() as conn:
+            return bool(conn.execute(select(predictions.c.bench).where(
+                predictions.c.id == prediction_id)).scalar_one())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_every_protocol_stores_load_test_traffic_marked(served, protocol):
+    bench = _bench_client(served)
+    try:
+        [marked] = PROTOCOLS[protocol](bench, "rgb", solid(BLUE))
+    finally:
+        bench.http.close()
+    [plain] = PROTOCOLS[protocol](served, "rgb", solid(BLUE))
+    assert _bench_flag(served.db, marked) is True
+    assert _bench_flag(served.db, plain) is False
 
 
 def test_decode_and_request_histograms_count_the_same_predictions(served):

@@ -52,3 +52,22 @@ def test_missing_and_unknown(tmp_path):
         load_repository(tmp_path / "model.bin")
     with pytest.raises(RepositoryError, match="no model files"):
         load_repository(tmp_path)
+
+
+@pytest.mark.parametrize(("labels", "problem"), [
+    ("red\ngreen\nred\n", "labels.txt line 3: 'red' repeats line 1 (feedback by label would be "
+                          "ambiguous)"),
+    ("red\n" + "g" * 3_000_000 + "\nblue\n", "labels.txt line 2: 3,000,000 characters (at most "
+                                             "1,000); one label per line"),
+])
+def test_bad_labels_make_the_model_fail_with_file_and_line(tmp_path, labels, problem):
+    rgb_model(tmp_path / "m")
+    (tmp_path / "m" / "labels.txt").write_text(labels)
+    (spec,) = load_repository(tmp_path / "m")
+    assert spec.problem == problem and spec.labels == ()
+
+
+def test_blank_lines_are_not_duplicates(tmp_path):
+    rgb_model(tmp_path / "m", labels=("red", "", "blue"))
+    (spec,) = load_repository(tmp_path / "m")
+    assert spec.labels == ("red", "", "blue") and spec.problem == ""

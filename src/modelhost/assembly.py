@@ -214,6 +214,7 @@ def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
         max_pixels=settings.max_pixels,
         memory_limit=settings.worker_memory_limit,
         hash_inputs=settings.log_predictions,
+        verbose=settings.log_level.lower() == "debug",
     )
     batcher = Batcher(
         pool,
@@ -261,16 +262,17 @@ def build_server(settings: Settings, loop: str = "uvloop") -> tuple[Server, Core
     (``serve`` runs it in the main thread; tests may run it in another)."""
     core = build_core(settings, model_specs(settings))
     door = _Door.of(settings)
+    protocol = http_protocol(settings)
     config = uvicorn.Config(
         _app(core, settings, door), host=settings.host, port=settings.port, loop=loop,
-        http=http_protocol(settings), lifespan="on", log_config=None,
+        http=protocol, lifespan="on", log_config=None,
         access_log=settings.access_log,
         # uvicorn hints an int; it hands the value to asyncio.wait_for, which takes seconds as float
         timeout_graceful_shutdown=max(1.0, settings.drain_grace),  # type: ignore[arg-type]
         server_header=False,
     )
     server = Server(config, core.registry, grace=settings.drain_grace,
-                    grpc=_grpc(core, settings, door))
+                    grpc=_grpc(core, settings, door), guard=protocol.guard)
     return server, core
 
 

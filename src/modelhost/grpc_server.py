@@ -141,7 +141,7 @@ class _Servicer:
         remaining = context.time_remaining()
         timeout = min(self._timeout, remaining) if remaining is not None else self._timeout
         deadline = asyncio.get_running_loop().time() + timeout
-        call = Call(deadline, _request_id(context), client_name.get())
+        call = Call(deadline, _request_id(context), client_name.get(), bench=_is_bench(context))
         result = await self._predictor.infer(found.spec.name, rows, call)
         values = served_v2.output_values(found, wanted, result.outputs)
         response = self._pb.ModelInferResponse(model_name=found.spec.name,
@@ -205,3 +205,9 @@ def _request_id(context) -> str:
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 64:
             return value
     return secrets.token_hex(8)
+
+
+def _is_bench(context) -> bool:
+    """``x-modelhost-bench: 1`` metadata: load-test traffic, as the HTTP header marks it."""
+    return any(key == "x-modelhost-bench" and value == "1"
+               for key, value in context.invocation_metadata() or ())

@@ -1,4 +1,5 @@
-"""Structured JSON logs: one object per line, user-supplied text escaped by the encoder.
+"""Structured JSON logs: one object per line, user-supplied text escaped by the encoder
+(or plain text lines when a person reads the terminal: ``--log-format``).
 
 Fields passed as ``extra={"fields": {...}}`` are merged into the line, so a prediction's log
 line carries its request id, model, version, batch size, durations and status as data. Every
@@ -23,19 +24,43 @@ import time
 import orjson
 
 
+def _logger_name(record: logging.LogRecord) -> str:
+    """uvicorn logs its start-up and shutdown as ``uvicorn.error``; they are not errors."""
+    return "uvicorn" if record.name == "uvicorn.error" else record.name
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "logger": record.name,
+            "logger": _logger_name(record),
             "msg": record.getMessage(),
         }
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """For a person at a terminal: ``12:00:01 INFO  model digits loaded``; warnings and errors
+    say where they come from. Fields stay in the JSON lines (--log-format json); control
+    characters in the message are escaped, so user input cannot forge a line here either."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        origin = f" [{_logger_name(record)}]" if record.levelno >= logging.WARNING else ""
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        text = orjson.dumps(message).decode()[1:-1] if _has_control(message) else message
+        return f"{stamp} {record.levelname:<7}{text}{origin}"
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
 QUEUE_LINES = 10_000
@@ -77,11 +102,47 @@ class _LineWriter:
                 data = data[os.write(self.fd, data):]
 
 
-def configure(level: str) -> None:
-    """Send modelhost's and uvicorn's logs to stderr as JSON lines, through a writer thread."""
+def announce(text: str) -> None:
+    """Write one line to standard output (the served URL, which scripts and tests read).
+
+    Unlike ``print``, a failing stdout (``> /dev/full``, a closed pipe) drops the line instead
+    of raising: the console is for people, and the server keeps serving without it.
+    """
+    data = (text + "\n").encode("utf-8", "replace")
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(1, data):]
+
+
+@contextlib.contextmanager
+def quiet_stderr(quiet: bool = True):
+    """Send file descriptor 2 to /dev/null for the block (unless ``quiet`` is false).
+
+    TensorFlow's C++ start-up lines (oneDNN, CPU features, absl) are written straight to the
+    descriptor, before and regardless of ``TF_CPP_MIN_LOG_LEVEL``; they are noise to someone
+    running ``modelhost inspect``, and would break the server's one-JSON-object-per-line log.
+    Python errors are not lost: they are raised, and reported after the block.
+    """
+    if not quiet:
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def configure(level: str, fmt: str = "json") -> None:
+    """Send modelhost's and uvicorn's logs to stderr through a writer thread: JSON lines, or
+    text lines for a person (``fmt`` "text"; "auto": text when stderr is a terminal)."""
     logging.raiseExceptions = False  # a failing sink must not print tracebacks to itself
     handler = _DroppingQueueHandler(queue.SimpleQueue())
-    handler.setFormatter(JsonFormatter())
+    text = fmt == "text" or (fmt == "auto" and os.isatty(2))
+    handler.setFormatter(TextFormatter() if text else JsonFormatter())
     writer = _LineWriter(os.dup(2))  # duck-typed: only handle() and level are used
     listener = logging.handlers.QueueListener(handler.lines, writer)  # type: ignore[arg-type]
     listener.start()  # a daemon thread: a stalled sink cannot keep the process alive

@@ -48,6 +48,7 @@ class PredictRequest:
     region: Region = field(default_factory=Region)
     top_k: int | None = None
     client: str | None = None  # the API key's name, for the prediction log
+    bench: bool = False  # load-test traffic (X-Modelhost-Bench): stored marked as such
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Call:
     request_id: str
     client: str | None = None
     top_k: int | None = None
+    bench: bool = False  # load-test traffic (X-Modelhost-Bench): stored marked as such
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class Predictor:
     async def predict(self, name: str, request: PredictRequest, deadline: float,
                       request_id: str) -> Prediction:
         """One image named by a native request through one model."""
-        call = Call(deadline, request_id, request.client, request.top_k)
+        call = Call(deadline, request_id, request.client, request.top_k, request.bench)
         with self._admitted():
             self._registry.served(name)  # 404/503 before the source is read
             started = time.perf_counter()
@@ -105,7 +107,7 @@ class Predictor:
     async def predict_many(self, names: list[str], request: PredictRequest, deadline: float,
                            request_id: str) -> dict[str, Prediction | ModelhostError]:
         """One image through several models in parallel; each fails on its own."""
-        call = Call(deadline, request_id, request.client, request.top_k)
+        call = Call(deadline, request_id, request.client, request.top_k, request.bench)
         with self._admitted():
             started = time.perf_counter()
             async with _deadline(deadline):
@@ -170,7 +172,7 @@ class Predictor:
             self.prediction_log.record(
                 prediction, data=data, sha256=out.sha256,
                 region=region if isinstance(region, Region) else Region(),
-                client=call.client, request_id=call.request_id)
+                client=call.client, request_id=call.request_id, bench=call.bench)
         return prediction
 
     # -- helpers ---------------------------------------------------------------------------

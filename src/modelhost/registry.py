@@ -241,9 +241,10 @@ def _summary(model: ServedModel) -> dict[str, Any]:
         "inputs": [[t.name, t.dtype, list(t.shape)] for t in info.inputs],
         "outputs": [[t.name, t.dtype, list(t.shape)] for t in info.outputs],
         "labels": len(model.spec.labels), "parameters": info.parameters,
-        "preprocessing": {"size": list(prep.size), "layout": prep.layout,
-                          "scaling": prep.scaling, "resize": prep.resize,
-                          "pipeline": prep.pipeline or "default", "decode": prep.decode},
+        "preprocessing": {"whole_image": True} if info.whole_image else {
+            "size": list(prep.size), "layout": prep.layout, "scaling": prep.scaling,
+            "resize": prep.resize, "pipeline": prep.pipeline or "default",
+            "decode": prep.decode},
         **({"decode_drift": info.drift.describe()} if info.drift else {}),
         "workers": model.workers_ready,
         "providers": [p["provider"] for p in model.providers],

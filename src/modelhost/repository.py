@@ -43,6 +43,8 @@ MODEL_SUFFIXES = {
 }
 CONFIG_NAME = "modelhost.toml"
 LABELS_NAME = "labels.txt"
+MAX_LABELS_BYTES = 16 * 2**20  # ImageNet-21k's 21,843 labels take under 1 MiB
+MAX_LABEL_CHARS = 1000  # a label is shown on the page and stored with every feedback
 
 
 class RepositoryError(StartupError):
@@ -105,7 +107,7 @@ def _single_file(path: Path, forced: str | None) -> ModelSpec:
         version="1",
         path=path,
         format=fmt,
-        labels=read_labels(folder / LABELS_NAME),
+        **_labels(folder / LABELS_NAME),
         config=read_config(folder / CONFIG_NAME),
         versions=("1",),
     )
@@ -129,7 +131,7 @@ def _model_folder(folder: Path) -> ModelSpec:
         version=latest,
         path=model_file,
         format=_format_of(model_file) or "unknown",
-        labels=read_labels(labels_file),
+        **_labels(labels_file),
         config=read_config(config_file),
         versions=version_names,
     )
@@ -204,17 +206,47 @@ def _clean_name(name: str) -> str:
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
-    """One label per line in index order; blank trailing lines ignored; none → empty tuple."""
+    """One label per line in index order; blank trailing lines ignored; none → empty tuple.
+
+    Refused (RepositoryError naming the file and line): a file over ``MAX_LABELS_BYTES``, a
+    line over ``MAX_LABEL_CHARS``, and a label that repeats an earlier one, since feedback
+    names the label and two outputs with one name could not be told apart.
+    """
     if not path.is_file():
         return ()
     try:
+        if path.stat().st_size > MAX_LABELS_BYTES:
+            raise RepositoryError(f"{path.name}: over {MAX_LABELS_BYTES // 2**20} MiB; one label "
+                                  "per line is expected")
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RepositoryError(f"{path}: cannot read labels ({exc.__class__.__name__})") from exc
+        raise RepositoryError(f"{path.name}: cannot read labels ({exc.__class__.__name__})"
+                              ) from exc
     lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
+    _check_labels(path, lines)
     return tuple(lines)
+
+
+def _check_labels(path: Path, labels: list[str]) -> None:
+    first: dict[str, int] = {}
+    for number, label in enumerate(labels, 1):
+        if len(label) > MAX_LABEL_CHARS:
+            raise RepositoryError(f"{path.name} line {number}: {len(label):,} characters "
+                                  f"(at most {MAX_LABEL_CHARS:,}); one label per line")
+        if label and label in first:
+            raise RepositoryError(f"{path.name} line {number}: {label[:80]!r} repeats line "
+                                  f"{first[label]} (feedback by label would be ambiguous)")
+        first.setdefault(label, number)
+
+
+def _labels(path: Path) -> dict[str, Any]:
+    """``labels`` for a ModelSpec, or the ``problem`` that makes the model fail to load."""
+    try:
+        return {"labels": read_labels(path)}
+    except RepositoryError as exc:
+        return {"labels": (), "problem": str(exc)}
 
 
 _SECTIONS: dict[str, dict[str, str]] = {

@@ -13,7 +13,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import StartupError
-from .types import FORMATS, PIPELINES, Format, Pipeline, Precision, RuntimeMode
+from .types import FORMATS, PIPELINES, Format, LogFormat, Pipeline, Precision, RuntimeMode
 
 
 def default_db_url() -> str:
@@ -30,6 +30,27 @@ def default_cache_dir() -> Path:
 
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "modelhost"
+
+
+def confine_frameworks(cache_dir: Path, verbose: bool = False) -> None:
+    """Point the frameworks' own folders under ``cache_dir`` and quiet their start-up chatter.
+
+    Keras writes ``~/.keras/keras.json`` on import, ONNX Runtime a device id under
+    ``~/.cache``, torch and matplotlib keep caches in the home folder: modelhost writes only
+    under its configured folders (call this after ``Settings`` read its own defaults). Set
+    before any framework is imported (they read these once); the worker and conversion
+    processes inherit them.
+    Variables the user set are kept. TensorFlow's C++ INFO and WARNING lines (CPU features,
+    oneDNN) are hidden unless ``verbose``.
+    """
+    import os
+
+    homes = {"KERAS_HOME": "keras", "TORCH_HOME": "torch", "MPLCONFIGDIR": "matplotlib",
+             "TFHUB_CACHE_DIR": "tfhub", "XDG_CACHE_HOME": "cache"}
+    for variable, folder in homes.items():
+        os.environ.setdefault(variable, str(cache_dir / "frameworks" / folder))
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 class ConfigError(StartupError, ValueError):
@@ -164,6 +185,10 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Seconds one model's conversion to ONNX may take."
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: LogFormat = Field(
+        "auto", description="Log lines on stderr: json, text, or auto (text when stderr is a "
+        "terminal, JSON otherwise)."
+    )
     access_log: bool = Field(False, description="uvicorn's access log (predictions log anyway).")
     db: str = Field(
         default_factory=default_db_url,

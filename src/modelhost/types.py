@@ -25,6 +25,7 @@ RuntimeMode = Literal["auto", "native", "onnx"]
 Pipeline = Literal["torchvision", "keras", "keras-dataset", "tf", "pillow"]
 Decode = Literal["exact", "fast"]
 Precision = Literal["fp32", "int8"]
+LogFormat = Literal["auto", "json", "text"]
 
 FORMATS: tuple[Format, ...] = get_args(Format)
 LAYOUTS: tuple[Layout, ...] = get_args(Layout)
@@ -154,7 +155,9 @@ class ModelSpec:
 
     After conversion to ONNX, ``path``/``format`` name the converted file and ``source_format``
     the original one; ``runtime_note`` says which runtime serves it and why (shown on
-    ``/api/models/{model}``).
+    ``/api/models/{model}``). ``problem`` makes the model fail to load, like a broken file
+    does: one model's bad labels.txt stops the server, or, with ``--keep-going``, only that
+    model, reported on ``/readyz``.
     """
 
     name: str
@@ -167,6 +170,7 @@ class ModelSpec:
     options: RuntimeOptions = field(default_factory=RuntimeOptions)
     source_format: str = ""
     runtime_note: str = ""
+    problem: str = ""  # found while reading the folder (bad labels.txt): loading fails with it
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,7 @@ class ModelInfo:
     drift: Drift | None = None  # measured at start when decode = "fast"
     provider: str = ""  # the execution provider in use (cpu, openvino, cuda…); "" if not ONNX
     provider_note: str = ""  # how it was chosen: verification figures, or why CPU serves
+    whole_image: bool = False  # predict_image gets the upright RGB image itself, any size
 
 
 @dataclass(frozen=True)

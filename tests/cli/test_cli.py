@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 from ..support import image_bytes, rgb_model, solid, start_server
 
@@ -23,6 +27,18 @@ def test_broken_model_stops_the_server_with_a_clear_line(tmp_path):
     assert result.returncode == 1
     assert "bad" in result.stderr and "model.onnx" in result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stdout == ""  # no URL: nothing is served
+    assert "Uvicorn running" not in result.stderr
+
+
+def test_the_url_is_printed_once_the_models_are_ready(tmp_path):
+    rgb_model(tmp_path / "repo" / "rgb")
+    server = start_server([str(tmp_path / "repo")], tmp_path, wait_ready=False)
+    try:
+        assert server.client.get("/readyz").status_code == 200  # at once: already loaded
+    finally:
+        assert server.stop() == 0
+    assert server.process.stdout.read() == ""  # printed once
 
 
 def test_labels_that_do_not_match_the_outputs(tmp_path):
@@ -30,6 +46,24 @@ def test_labels_that_do_not_match_the_outputs(tmp_path):
     result = run("serve", str(tmp_path / "m" / "model.onnx"), "--port", "0")
     assert result.returncode == 1
     assert "2 labels, but the model has 3 outputs" in result.stderr
+
+
+def test_duplicate_labels_stop_the_server_or_only_their_model(tmp_path):
+    rgb_model(tmp_path / "repo" / "good")
+    rgb_model(tmp_path / "repo" / "dup", labels=("red", "green", "red"))
+    result = run("serve", str(tmp_path / "repo"), "--port", "0")
+    assert result.returncode == 1
+    failure = [line for line in result.stderr.splitlines() if "failed to load" in line]
+    assert len(failure) == 1 and "dup" in failure[0] and "model.onnx" in failure[0]
+    assert "labels.txt line 3: 'red' repeats line 1" in failure[0]
+    server = start_server([str(tmp_path / "repo"), "--keep-going"], tmp_path, wait_ready=False)
+    try:  # the URL is printed once loading is over
+        models = server.client.get("/readyz").json()["models"]
+        assert models["good"]["state"] == "ready"
+        assert models["dup"] == {"state": "failed", "workers_ready": 0, "error": (
+            "labels.txt line 3: 'red' repeats line 1 (feedback by label would be ambiguous)")}
+    finally:
+        assert server.stop() == 0
 
 
 def test_missing_model_and_bad_config_exit_2(tmp_path):
@@ -112,3 +146,65 @@ def test_inspect_prints_what_was_read(tmp_path):
                  "9 parameters", "labels (3): red, green, blue", "scaling tf",
                  "shorter side 12"):
         assert text in out, (text, out)
+
+
+def test_help_shows_every_default_extra_name_and_flag():
+    serve = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True,
+                           timeout=60).stdout
+    flat = " ".join(serve.split())  # help is wrapped at 80 columns
+    for text in ("Address to bind [default: 127.0.0.1].", "(needs modelhost[grpc])",
+                 "Requests allowed at once [the rate].", "[loopback names when bound to loopback]",
+                 "Address-space bytes per worker process [no limit].", "[under the cache dir]",
+                 "Queued requests per model before 503 [256]."):
+        assert text in flat, text
+    options = [line.split()[0] for line in serve.splitlines() if line.startswith("  --")]
+    assert "--keep-going" in options and "--allow-urls" in options
+    assert "<bool>" not in serve
+    report = subprocess.run([*CLI, "report", "--help"], capture_output=True, text=True,
+                            timeout=60).stdout
+    assert "[the server's default]" in report
+
+
+def test_log_lines_are_text_at_a_terminal_and_json_otherwise(tmp_path):
+    """stderr on a terminal (a pty here): text lines, no ``uvicorn.error`` label; piped: JSON."""
+    import pty
+
+    rgb_model(tmp_path / "m")
+    main, side = pty.openpty()
+    process = subprocess.Popen([*CLI, "serve", str(tmp_path / "m"), "--port", "0", "--db",
+                                f"sqlite:///{tmp_path / 'p.db'}"], stdout=subprocess.PIPE,
+                               stderr=side, text=True)
+    os.close(side)
+    try:
+        assert process.stdout.readline().startswith("modelhost serving on http://")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the process is gone
+        while chunk := os.read(main, 65536):
+            output += chunk
+    os.close(main)
+    lines = output.decode().splitlines()
+    assert any(line.endswith("INFO   model m loaded") for line in lines), lines
+    assert not any(line.startswith("{") or "uvicorn.error" in line for line in lines), lines
+    piped = start_server([str(tmp_path / "m")], tmp_path)
+    assert piped.stop() == 0
+    records = [json.loads(line) for line in piped.log().splitlines()]
+    assert {"uvicorn", "modelhost.registry"} <= {r["logger"] for r in records}
+    assert "uvicorn.error" not in {r["logger"] for r in records}
+
+
+def test_predict_and_bench_against_a_server_that_is_down_say_so_at_once(tmp_path):
+    from ..support import free_port
+
+    image = tmp_path / "r.png"
+    image.write_bytes(solid((255, 0, 0)))
+    url = f"http://127.0.0.1:{free_port()}"
+    for command in (["predict", url, str(image)],
+                    ["bench", url, str(image), "-m", "rgb", "--duration", "30"]):
+        started = time.monotonic()
+        done = run(*command, timeout=60)
+        assert done.returncode == 2, done
+        assert done.stderr == f"modelhost: nothing answers at {url} (connection refused)\n"
+        assert time.monotonic() - started < 15  # not the 30 s run

@@ -135,3 +135,22 @@ def test_kserve_runtime_serves_the_service(kserve):
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     volumes = {v["name"] for v in runtime["spec"]["volumes"]}
     assert {m["name"] for m in container["volumeMounts"]} <= volumes
+
+
+def test_conversion_runs_before_the_probes_into_a_persistent_cache():
+    """`modelhost prepare` in an init container (no probe kills it mid-conversion), writing to
+    a PersistentVolumeClaim the server reads (not a per-pod emptyDir)."""
+    docs = render("base")
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    cache = config["MODELHOST_CACHE_DIR"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["modelhost", "prepare"]
+    for container in (init, pod["containers"][0]):
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cache]
+        claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+        assert claim in claims
+    validate(next(d for d in docs if d["metadata"]["name"] == "modelhost-cache"))

@@ -26,11 +26,19 @@ def readme_commands() -> list[str]:
 
 def test_readme_starts_with_install_run_and_test_commands():
     install_and_run, test = readme_commands()[:2]
-    assert install_and_run == 'pip install -e ".[all]" && modelhost serve'
+    assert install_and_run == 'pip install -e ".[demo]" && modelhost serve'  # not every framework
     assert test == "bash .ci/run"
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'pip install -q --disable-pip-version-check -e ".[all,dev]"' in ci
     assert "python -m pytest -q" in ci and "apt-get install" in ci
+
+
+def test_the_readme_names_the_extra_of_each_model_format():
+    text = (ROOT / "README.md").read_text()
+    extras = set(re.findall(r"^all = \[\"modelhost\[(.*)\]\"\]", (ROOT / "pyproject.toml")
+                            .read_text(), re.M)[0].split(","))
+    rows = {m.group(1) for m in re.finditer(r"^\| [^|]+ \| `(\w+)` \|", text, re.M)}
+    assert rows == extras  # demo, torch, tensorflow, redis, grpc: each in the table
 
 
 def test_a_clean_clone_serves_the_shipped_demo(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine, select
@@ -87,6 +88,9 @@ def test_predictions_and_feedback_are_stored_and_reported(server):
 
     latency = server.client.get("/api/models/rgb/latency").json()
     assert sum(b["count"] for b in latency["series"]) == 3
+    since = datetime.fromisoformat(latency["since"])  # bounded by default: the last 24 hours
+    assert abs(datetime.now(UTC) - timedelta(hours=24) - since) < timedelta(minutes=1)
+    assert latency["until"] is None
 
     metrics = server.client.get("/metrics").text
     assert "modelhost_prediction_log_database_up 1.0" in metrics
@@ -196,3 +200,26 @@ def test_the_api_key_name_is_logged_never_the_secret(model_repo, tmp_path):
     assert [r["client"] for r in rows(db, predictions)] == ["mobile-app"]
     assert [r["client"] for r in rows(db, feedback)] == ["mobile-app"]
     assert secret not in (tmp_path / "log.db").read_bytes().decode("latin-1")
+
+
+def test_bench_traffic_is_logged_but_left_out_of_the_figures(repo_server):
+    """Requests marked X-Modelhost-Bench (as `modelhost bench` sends them) are stored, and
+    the accuracy figures leave them out unless include_bench=true."""
+    def figures(**params) -> dict:
+        return repo_server.client.get("/api/models/rgb/accuracy", params=params).json()
+
+    before, before_all = figures(), figures(include_bench="true")
+    marked = repo_server.client.post("/api/models/rgb/predict", content=solid(RED),
+                                     headers={"Content-Type": "image/png",
+                                              "X-Modelhost-Bench": "1"}).json()
+    predict(repo_server, GREEN)
+    assert send(repo_server, marked["id"], {"label": "red"})[0] == 200
+    deadline = time.monotonic() + 10
+    while figures(include_bench="true")["with_feedback"] < before_all["with_feedback"] + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    after, after_all = figures(), figures(include_bench="true")
+    assert after["predictions"] == before["predictions"] + 1  # the unmarked one only
+    assert after["with_feedback"] == before["with_feedback"]
+    assert after_all["predictions"] == before_all["predictions"] + 2
+    assert after_all["with_feedback"] == before_all["with_feedback"] + 1

@@ -47,6 +47,12 @@ def test_one_click_and_none_of_these_are_stored(page: Page, server, tmp_path):
         choices.nth(1).click()  # "no, the second label is right"
     assert answer.value.status == 200
     expect(page.locator("#feedback-status")).to_contain_text("recorded")
+    expect(choices.nth(1)).to_have_attribute("aria-pressed", "true")  # shown as chosen:
+    style = "(el, pseudo) => getComputedStyle(el, pseudo)"
+    assert choices.nth(1).evaluate(f"el => ({style})(el, '::before').content") == '"✓ "'
+    backgrounds = [choices.nth(i).evaluate(f"el => ({style})(el, null).backgroundColor")
+                   for i in range(3)]
+    assert backgrounds[0] == backgrounds[2] != backgrounds[1]  # filled, the others outlined
     wrong = answer.value.json()
     assert wrong["correct"] is False and wrong["label"] in ("red", "blue")
 
@@ -101,6 +107,14 @@ def test_dashboard_shows_the_apis_numbers(page: Page, server):
             " let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n; }",
             chart)
         assert drawn > 500, chart  # pixels actually painted
+    for chart in ("chart-accuracy", "chart-latency", "chart-throughput"):
+        axis = page.evaluate(
+            "id => { const c = Chart.getChart(document.getElementById(id)); const x = c.scales.x;"
+            " return {type: x.type, min: x.min, max: x.max, tick: x.ticks[0].label,"
+            " xs: c.data.datasets.flatMap(d => d.data).map(p => p.x)}; }", chart)
+        assert axis["type"] == "linear", chart  # time, not evenly spaced categories
+        assert all(axis["min"] < x < axis["max"] for x in axis["xs"]), (chart, axis)
+        assert not axis["tick"].replace(",", "").isdigit(), axis  # a date, not epoch ms
     page.screenshot(path="/tmp/modelhost_dashboard.png", full_page=True)
 
 def image_bytes_of(colour: str) -> bytes:
@@ -108,3 +122,18 @@ def image_bytes_of(colour: str) -> bytes:
 
 def _pct(value) -> str:
     return "–" if value is None else f"{value * 100:.1f} %"
+
+
+def test_the_url_field_only_when_urls_are_allowed_and_a_docs_link(browser, page: Page,  # noqa: F811
+                                                                   repo_server):
+    expect(page.locator("#url-form")).to_be_hidden()  # this server does not fetch URLs
+    docs = page.locator("footer a[href=docs]")
+    expect(docs).to_have_text("API docs")
+    with page.expect_navigation():
+        docs.click()
+    assert page.url.endswith("/docs") and page.title()
+    allowing = open_page(browser, repo_server.url)  # --allow-urls
+    try:
+        expect(allowing.locator("#url-form")).to_be_visible()
+    finally:
+        allowing.context.close()

@@ -47,3 +47,14 @@ def test_report_says_when_the_database_is_unreachable():
     assert done.returncode == 1 and "unavailable" in done.stdout
     bad = run("pets", "--db", "ftp://nowhere")
     assert bad.returncode == 2 and "--db" in bad.stderr
+
+
+def test_report_of_an_unknown_model_is_not_found(db_url):
+    Store(db_url).migrate()
+    done = run("nosuch", "--db", db_url)
+    assert done.returncode == 1
+    assert done.stderr == "modelhost: no model named 'nosuch' in the prediction log\n"
+    as_json = run("nosuch", "--db", db_url, "--json")
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout) == {"error": {
+        "code": "not_found", "message": "no model named 'nosuch' in the prediction log"}}

@@ -44,6 +44,31 @@ def test_migrations_build_exactly_the_schema(store):
     assert {"ix_predictions_model_created", "ix_predictions_created"} <= indexes
 
 
+def test_a_log_from_before_the_bench_flag_is_upgraded_in_place(db_url):
+    """A database at revision 0001 (no ``bench`` column) keeps its rows, all unmarked."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from modelhost.feedback.store import MIGRATIONS
+
+    old = Store(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(text("INSERT INTO predictions (id, created_at, model, version, "
+                          "input_sha256, labels, scores, decode_ms, queue_ms, inference_ms, "
+                          "total_ms, batch_size) VALUES ('a', '2026-11-01 10:00:00', 'pets', "
+                          "'1', 'ab', '[\"cat\"]', '[1.0]', 0, 0, 0, 1, 1)"))
+    old.close()
+    store = Store(db_url)
+    store.migrate()
+    assert store.count_predictions("pets", None, None, None) == 1  # kept, not bench
+    store.close()
+
+
 def test_replayed_records_are_stored_once_and_feedback_is_updated_in_place(store):
     batch = [prediction(1), prediction(2), feedback(1, "dog", False)]
     store.write(batch)
@@ -68,7 +93,38 @@ def test_windows_by_time_and_version(store):
     assert store.count_predictions("pets", None, since, None) == 1
     assert store.count_predictions("pets", None, None, "2") == 2
     assert store.count_predictions("other", None, None, None) == 0
-    assert [ms for _, ms in store.timings("pets", since, None, "2")] == [4.0, 4.0]
+    assert store.time_span("pets", since, None, "2") == (
+        datetime.fromtimestamp(NOW - hour, UTC), datetime.fromtimestamp(NOW, UTC))
+    assert store.time_span("pets", None, None, "3") is None
+
+
+def test_latency_is_aggregated_in_the_database_as_numpy_would(store):
+    """Percentiles from the few rows the database picks equal numpy's over every row."""
+    import numpy as np
+
+    from modelhost.feedback import report
+
+    rng = np.random.default_rng(0)
+    times = {0: rng.gamma(2, 10, 37), 200: rng.gamma(2, 10, 1), 500: rng.gamma(2, 10, 120)}
+    records, n = [], 0
+    for offset, values in times.items():
+        for ms in values:
+            n += 1
+            records.append({**prediction(n, at=NOW + offset + n * 1e-3), "total_ms": float(ms)})
+    store.write(records)
+    first, last = store.time_span("pets", None, None, None)
+    seconds, edges = report.latency_buckets(first, last, buckets=4)
+    assert seconds == 127 and len(edges) == 3
+    ranks = store.latency_ranks("pets", None, None, None, edges, report.QUANTILES)
+    assert len(ranks) <= 3 * 3 * 3  # never every row
+    series = report.latency(first, seconds, ranks)["series"]
+    assert [b["count"] for b in series] == [37, 1, 120]
+    for bucket, values in zip(series, times.values(), strict=True):
+        expected = np.percentile(values, [50, 90, 99])
+        got = [bucket["p50_ms"], bucket["p90_ms"], bucket["p99_ms"]]
+        assert np.allclose(got, expected, atol=1e-3), (got, expected)
+    assert series[1]["start"] == (first + timedelta(seconds=seconds)).isoformat(
+        timespec="seconds")
 
 
 def test_retention_deletes_old_predictions_with_their_feedback(store):

@@ -211,11 +211,29 @@ def test_bad_bodies(repo_server, kwargs, status, code):
 @pytest.mark.parametrize("params", [
     {"top_k": 0}, {"top_k": 1001}, {"top_k": "2.5"}, {"top_k": "many"}, {"crop": 0},
     {"crop": 1.5}, {"x": 5}, {"x": -1, "y": 5}, {"x": "nan", "y": 1}, {"x": 500, "y": 5},
+    {"top_k": ""}, {"top_k": " "}, {"crop": ""}, {"x": "", "y": ""}, {"top_k": "1e"},
 ])
 def test_bad_options(repo_server, params):
     response = repo_server.client.post("/api/models/rgb/predict", params=params,
                                        files={"image": ("a.png", solid(RED, (64, 48)))})
     assert error_code(response, 422) == "invalid_parameter"
+
+
+@pytest.mark.parametrize("route", ["/api/models/rgb/predict", "/api/predict?models=rgb"])
+def test_an_empty_top_k_is_refused_in_every_form(repo_server, route):
+    """Query, form field and JSON member, on the one-model and the many-model routes."""
+    image = solid(RED, (64, 48))
+    payload = {"image_base64": base64.b64encode(image).decode(), "top_k": ""}
+    responses = [
+        repo_server.client.post(route + ("&" if "?" in route else "?") + "top_k=", content=image,
+                                headers={"content-type": "image/png"}),
+        repo_server.client.post(route, data={"top_k": ""}, files={"image": ("a.png", image)}),
+        repo_server.client.post(route, json=payload),
+    ]
+    for response in responses:
+        assert error_code(response, 422) == "invalid_parameter"
+        assert response.json()["error"]["message"] == "top_k is empty; give a number or leave " \
+                                                      "it out"
 
 
 def test_unknown_model(repo_server):

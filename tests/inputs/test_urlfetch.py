@@ -607,3 +607,15 @@ def test_aclose_closes_the_client() -> None:
         assert fetcher._client.is_closed
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("target", ["data:image/png;base64,iVBORw0KGgo=", "file:///etc/passwd",
+                                    "gopher://127.0.0.1:70/_GET", "ftp://127.0.0.1/x.png",
+                                    "javascript:alert(1)", "mailto:a@b.c", "//"])
+def test_a_redirect_to_another_scheme_is_refused(server: CountingServer, target: str) -> None:
+    """A Location with another scheme (or none usable) is the URL's fault: 422, never 500."""
+    from urllib.parse import quote
+
+    error = fetch_error(f"http://127.0.0.1:{server.port}/redirect-to?url={quote(target)}",
+                        **LOCAL)
+    assert (error.status, error.code) == (422, "url_not_allowed"), (target, error)

@@ -165,6 +165,13 @@ def build_torch(out: Path) -> None:
     program = torch.export.export(model, (tensor[:2],),
                                   dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, repo / "torch_export" / "model.pt2")
+    # The same network written with x.view(x.shape[0], -1): a trace at batch 2 bakes
+    # Reshape [2, -1] into the graph; the conversion must keep the batch dynamic.
+    viewed = torch.export.export(_view_net(model), (tensor[:2],),
+                                 dynamic_shapes=({0: torch.export.Dim("batch")},))
+    labels(out / "dynamic" / "view_export", range(10))
+    expect(out, "view_export", files, expected)
+    torch.export.save(viewed, out / "dynamic" / "view_export" / "model.pt2")
 
     # Noise added to the logits: exported, ONNX draws other random numbers, so the
     # verification must fail and the native runtime must serve.
@@ -172,6 +179,21 @@ def build_torch(out: Path) -> None:
     labels(out / "fallback" / "noisy_torch", range(10))
     (out / "fallback" / "noisy_torch" / "modelhost.toml").write_text("[input]\nsize = [8, 8]\n")
     torch.jit.save(noisy, out / "fallback" / "noisy_torch" / "model.pt")
+
+
+def _view_net(model):
+    import torch
+
+    class ViewNet(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Sequential) -> None:
+            super().__init__()
+            self.conv, self.fc = inner[0], inner[3]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.conv(x))
+            return self.fc(x.view(x.shape[0], -1))
+
+    return ViewNet(model)
 
 
 def _noisy_class():

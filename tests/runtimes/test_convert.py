@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from modelhost import __version__
 from modelhost.repository import load_repository
 from modelhost.runtimes.convert import cache_key
 from modelhost.types import RuntimeOptions
@@ -58,7 +59,15 @@ def test_failed_verification_serves_natively_and_says_why(built, tmp_path):
         assert server.stop() == 0
     assert "noisy_torch: serving with the torchscript runtime; conversion to ONNX failed" \
         in server.log()
-    assert not list((tmp_path / "cache" / "onnx").glob("[0-9a-f]*"))  # nothing cached
+    (folder,) = (tmp_path / "cache" / "onnx").glob("[0-9a-f]*")  # the failure is remembered
+    assert [p.name for p in folder.iterdir()] == [f"failed-{__version__}.json"]
+    again = serve_in_process([str(built / "fallback"), "--cache-dir", str(tmp_path / "cache")],
+                         tmp_path, timeout=300)
+    try:  # no second attempt: the same answer, at once
+        assert again.client.get("/api/models/noisy_torch").json()["runtime"] == meta["runtime"]
+    finally:
+        assert again.stop() == 0
+    assert "converting" not in again.log()
 
 
 @pytest.mark.slow
@@ -71,3 +80,49 @@ def test_runtime_onnx_refuses_a_model_that_does_not_convert(built, tmp_path):
     assert done.returncode == 2
     assert "noisy_torch: model.pt cannot be served with ONNX Runtime (--runtime onnx): " \
            "ValueError: the ONNX model disagrees" in done.stderr
+
+
+@pytest.mark.slow
+def test_prepare_converts_ahead_of_time_and_serve_converts_nothing(built, tmp_path):
+    model = str(built / "repo" / "digits_h5")
+    cache = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-m", "modelhost.cli", "prepare", model,
+                           "--cache-dir", cache], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("digits_h5: ONNX Runtime, converted from keras: verified on 8 "
+                                  "inputs")
+    server = serve_in_process([model, "--cache-dir", cache], tmp_path)
+    try:
+        assert_matches_framework(server, built, "digits_h5")
+    finally:
+        assert server.stop() == 0
+    assert "converting" not in server.log()
+
+
+@pytest.mark.slow
+def test_a_dynamic_batch_export_converts_with_the_batch_kept_dynamic(built, tmp_path):
+    """A .pt2 whose forward uses x.view(x.shape[0], -1), exported with a dynamic batch."""
+    import numpy as np
+    import onnxruntime
+
+    model = built / "dynamic" / "view_export"
+    cache = tmp_path / "cache"
+    done = subprocess.run([sys.executable, "-m", "modelhost.cli", "prepare", str(model),
+                           "--cache-dir", str(cache)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("view_export: ONNX Runtime, converted from torch_export: "
+                                  "verified on 8 inputs"), done.stdout
+    assert "at batch sizes 1, 2 and 8" in done.stdout
+    (onnx_file,) = cache.glob("onnx/*/model.onnx")
+    session = onnxruntime.InferenceSession(str(onnx_file))
+    assert not isinstance(session.get_inputs()[0].shape[0], int)  # a named, dynamic axis
+    for size in (1, 2, 8, 13):
+        out = session.run(None, {session.get_inputs()[0].name:
+                                 np.zeros((size, 1, 8, 8), np.float32)})[0]
+        assert out.shape == (size, 10)
+    server = serve_in_process([str(model), "--cache-dir", str(cache)], tmp_path)
+    try:
+        assert_matches_framework(server, built, "view_export")
+    finally:
+        assert server.stop() == 0

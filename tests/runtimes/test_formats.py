@@ -117,4 +117,33 @@ def test_inspect_reads_each_framework(built, model, lines):
     assert done.returncode == 0, done.stderr
     for line in lines:
         assert line in done.stdout
+    assert "oneDNN" not in done.stderr and "absl" not in done.stderr  # no framework noise
     assert "runtime: converted to ONNX and verified when served (--runtime auto)" in done.stdout
+
+
+@pytest.mark.slow
+def test_serving_keras_writes_nothing_in_home_and_states_one_parameter_count(built, tmp_path):
+    """Keras writes ~/.keras and ONNX Runtime ~/.cache on their own: with HOME watched (and
+    no XDG_* variables set), a
+    converted .h5 is served (conversion and worker processes), and the count ``inspect``
+    states is the one served; every stderr line is a JSON log line (no TensorFlow noise)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}  # and no XDG_* variables in this environment
+    model = str(built / "repo" / "digits_h5")
+    server = start_server([model, "--cache-dir", str(tmp_path / "cache")], tmp_path,
+                          env=env, timeout=300)
+    try:
+        meta = server.client.get("/api/models/digits_h5").json()
+        assert meta["runtime"].startswith("ONNX Runtime, converted from keras")
+        assert meta["parameters"] == 5_930
+    finally:
+        assert server.stop() == 0
+    inspected = subprocess.run([sys.executable, "-m", "modelhost.cli", "inspect", model],
+                               capture_output=True, text=True, timeout=300,
+                               env={**os.environ, **env,
+                                    "MODELHOST_CACHE_DIR": str(tmp_path / "cache")})
+    assert "model.h5 · 5,930 parameters" in inspected.stdout
+    assert [p.relative_to(home) for p in home.rglob("*")] == []
+    for line in server.log().splitlines():
+        assert line.startswith("{"), line

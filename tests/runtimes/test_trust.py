@@ -47,8 +47,12 @@ def test_pipelines_serve_with_trust(built, tmp_path):
             correct = assert_matches_framework(server, built, model)
             assert correct >= 24, (model, correct)
             assert server.client.get(f"/api/models/{model}").json()["format"] == "python"
+        whole = server.client.get("/api/models/digits_by_image").json()["input"]
+        assert whole == {"whole_image": True, "channels": 3}  # no 224×224 claim
+        assert server.client.get("/api/models/digits_pipeline").json()["input"]["width"] > 0
     finally:
         assert server.stop() == 0
+    assert '"preprocessing":{"whole_image":true}' in server.log()
 
 
 def test_pipeline_is_refused_without_trust(built, tmp_path):
@@ -70,3 +74,33 @@ def _wait_failed(server, model: str, timeout: float = 120) -> str:
             return error
         time.sleep(0.2)
     raise AssertionError(f"{model} did not fail:\n{server.log()}")
+
+
+def test_predict_runs_a_pipeline_locally_only_with_trust(built):
+    """``modelhost predict`` names --trust-model-code, and has it."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from .conftest import expected
+
+    model = str(built / "pipelines" / "digits_pipeline")
+    name, reference = next(iter(expected(built, "digits_pipeline").items()))
+    command = [sys.executable, "-m", "modelhost.cli", "predict", model,
+               str(built / "images" / name), "--json", "--top-k", "1"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--trust-model-code" in refused.stderr
+    done = subprocess.run([*command, "--trust-model-code"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    top = json.loads(done.stdout)["predictions"][0]
+    assert top["index"] == int(np.argmax(reference))
+    assert abs(top["score"] - float(np.max(reference))) <= 1e-4
+    inspected = subprocess.run([sys.executable, "-m", "modelhost.cli", "inspect",
+                                str(built / "pipelines" / "digits_by_image"),
+                                "--trust-model-code"], capture_output=True, text=True, timeout=120)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "input: the whole image, upright" in inspected.stdout
+    assert "224×224" not in inspected.stdout

@@ -143,3 +143,33 @@ def test_protect_ops_closes_health_and_metrics(rgb_repo, tmp_path):
         assert server.client.get("/").status_code == 200
     finally:
         assert server.stop() == 0
+
+
+def test_predict_and_bench_send_the_api_key(keyed, tmp_path):
+    """--api-key, or MODELHOST_API_KEY; without one, one line and exit 2 before any run."""
+    import json
+    import os
+
+    server, secrets = keyed
+    image = tmp_path / "red.png"
+    image.write_bytes(RED)
+    cli = [sys.executable, "-m", "modelhost.cli"]
+    predict_cmd = [*cli, "predict", server.url, str(image), "--json"]
+    by_flag = subprocess.run([*predict_cmd, "--api-key", secrets["alice"]], capture_output=True,
+                             text=True, timeout=60)
+    assert json.loads(by_flag.stdout)["predictions"][0]["label"] == "red", by_flag.stderr
+    by_env = subprocess.run(predict_cmd, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "MODELHOST_API_KEY": secrets["bob"]})
+    assert json.loads(by_env.stdout)["predictions"][0]["label"] == "red", by_env.stderr
+    without = subprocess.run(predict_cmd, capture_output=True, text=True, timeout=60)
+    assert without.returncode == 2 and without.stderr.startswith("modelhost: unauthorized: ")
+    bench_cmd = [*cli, "bench", server.url, str(image), "-m", "rgb", "-c", "1", "--duration",
+                 "0.5", "--warmup", "0"]
+    bench = subprocess.run([*bench_cmd, "--api-key", secrets["alice"]], capture_output=True,
+                           text=True, timeout=60)
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    assert "401" not in bench.stdout
+    refused = subprocess.run(bench_cmd, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert refused.stderr == f"modelhost: {server.url} wants an API key: --api-key or " \
+                             "MODELHOST_API_KEY\n"

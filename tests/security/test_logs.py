@@ -13,7 +13,10 @@ import time
 import httpx
 import pytest
 
-from ..support import solid, start_server
+from ..support import free_port, solid, start_server
+
+CLI = [sys.executable, "-m", "modelhost.cli"]
+
 
 RED = solid((250, 10, 10))
 FORGED = '{"level":"error","logger":"forged","msg":"forged"}'
@@ -94,3 +97,33 @@ def test_a_failing_log_sink_never_fails_a_request(rgb_repo, sink):
             os.close(read_end)
             os.close(stderr)
     assert code == 0
+
+
+def test_a_full_stdout_never_stops_the_server(rgb_repo):
+    """``modelhost serve ... > /dev/full``: the URL line fails with ENOSPC, the server serves."""
+    port = free_port()
+    with open("/dev/full", "w") as full:
+        process = subprocess.Popen([*CLI, "serve", str(rgb_repo), "--port", str(port)],
+                                   stdout=full, stderr=full)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while not _ready(client):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.3)  # past the URL line
+        response = client.post("/api/models/rgb/predict", content=RED,
+                               headers={"Content-Type": "image/png"})
+        assert response.json()["predictions"][0]["label"] == "red"
+    finally:
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+    assert code == 0
+
+
+def _ready(client: httpx.Client) -> bool:
+    try:
+        return client.get("/readyz").status_code == 200
+    except httpx.TransportError:
+        return False

@@ -157,3 +157,41 @@ def test_pipelined_and_keep_alive_requests_still_work(guarded):
                 reply += sock.recv(65536)
             assert reply.startswith(b"HTTP/1.1 200 ")
             time.sleep(1)
+
+
+PREDICT_CHUNKED = (b"POST /api/models/rgb/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+def _chunked(body: bytes, extension: bytes = b"", size: int = 64) -> bytes:
+    parts = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x%s\r\n%s\r\n" % (len(p), extension, p) for p in parts) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_long_chunk_extensions_are_400(guarded, split):
+    """100 KB of chunk extension, in the headers' packet or after them."""
+    body = _chunked(RED, b";x=" + b"a" * 100_000)
+    with connect(guarded) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if split:
+                sock.sendall(PREDICT_CHUNKED)
+                time.sleep(0.2)
+                sock.sendall(body)
+            else:
+                sock.sendall(PREDICT_CHUNKED + body)
+        reply = read_all(sock)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    assert b'"malformed_request"' in reply and b"chunk extensions over 4,096 bytes" in reply
+    still_serving(guarded)
+
+
+def test_chunked_bodies_with_short_extensions_still_work(guarded):
+    """Many small chunks, each with a short extension, stay within the allowance."""
+    for extension in (b"", b";name=value"):
+        with connect(guarded) as sock:
+            sock.sendall(PREDICT_CHUNKED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                         + _chunked(RED, extension, size=16))
+            reply = read_all(sock)
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
+        assert b'"label":"red"' in reply

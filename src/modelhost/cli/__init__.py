@@ -1,5 +1,5 @@
-"""The ``modelhost`` command: serve, predict, inspect, bench, report, optimize. Each command
-parses its flags and calls library code; nothing else here."""
+"""The ``modelhost`` command: serve, predict, inspect, prepare, bench, report, optimize. Each
+command parses its flags and calls library code; nothing else here."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from .bench import bench
 from .keys import app as keys
 from .local import inspect, predict
 from .optimize import optimize
+from .prepare import prepare
 from .report import report
 from .serve import serve
 
@@ -17,10 +18,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich markup would eat every "[...]" (the defaults, "modelhost[grpc]") and
+    # show on/off flags as taking a <bool> value.
+    rich_markup_mode=None,
 )
 app.command()(serve)
 app.command()(predict)
 app.command()(inspect)
+app.command()(prepare)
 app.command()(bench)
 app.command()(report)
 app.command()(optimize)

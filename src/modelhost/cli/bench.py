@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .. import loadgen
+from .remote import BENCH_HEADER, ApiKey, check_reachable, key_headers
 
 Opt = typer.Option
 
@@ -48,12 +50,19 @@ def bench(
     client: Annotated[
         str, Opt(help="raw (cheap, default) or httpx (a cross-check; ~30x the client CPU).")
     ] = "raw",
+    api_key: ApiKey = None,
 ) -> None:
-    """Measure throughput and latency of a running server at several concurrency levels."""
+    """Measure throughput and latency of a running server at several concurrency levels.
+
+    Every request carries ``X-Modelhost-Bench: 1``: the server still logs it, marked, and
+    leaves it out of the accuracy and feedback figures."""
     levels = _parse_levels(concurrency)
     target = _build_target(url, image, model, field, path, method)
+    target = replace(target, headers=(*target.headers, (BENCH_HEADER, "1"),
+                                      *key_headers(api_key).items()))
     if client not in ("raw", "httpx"):
         raise typer.BadParameter("--client must be raw or httpx")
+    check_reachable(url, api_key)
     console = Console()
     console.print(f"[bold]{target.method} {target.url}[/] ({len(target.body):,} bytes body)")
     served = _served(url, model) if model else None

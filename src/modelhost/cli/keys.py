@@ -10,7 +10,7 @@ import typer
 from ..access.keys import KeysFileError, add_key
 
 app = typer.Typer(help="Manage API keys (the file `serve --api-keys` reads).",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from ..errors import StartupError
 from ..inputs.drift import measure
 from ..inputs.images import exact_pixels, to_tensor
 from ..inputs.reference import library_pixels
+from ..logs import quiet_stderr
 from ..postprocess import probabilities, top_k
 from ..preprocessing import describe as describe_preprocessing
 from ..preprocessing import resolve
@@ -27,8 +28,9 @@ from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, UntrustedCode, first_line, load_runtime
 from ..runtimes.convert import CONVERTIBLE, prepare
 from ..runtimes.providers import ProviderError
-from ..settings import Settings
+from ..settings import Settings, confine_frameworks
 from ..types import FORMATS, PIPELINES, ModelSpec, Preprocessing, Region, RuntimeOptions
+from .remote import ApiKey, key_headers, unreachable
 
 console = Console()
 Opt = typer.Option
@@ -49,14 +51,25 @@ def predict(
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of tables.")] = False,
     providers: Annotated[str | None, Opt(help=PROVIDERS_HELP)] = None,
     precision: Annotated[str | None, Opt(help=PRECISION_HELP)] = None,
+    trust_model_code: Annotated[bool, Opt("--trust-model-code",
+        help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
+    verbose: Annotated[bool, Opt("--verbose", help="Show the frameworks' start-up messages.")
+                       ] = False,
+    api_key: ApiKey = None,
 ) -> None:
     """Print the top-k labels for each IMAGE."""
+    confine_frameworks(Settings().cache_dir, verbose)
     options = {"top_k": top, "x": x, "y": y, "crop": crop}
     if target.startswith(("http://", "https://")):
-        results = _predict_remote(target, model, images, options)
+        try:
+            results = _predict_remote(target, model, images, options, api_key)
+        except httpx.TransportError as exc:
+            unreachable(target, exc)
     else:
-        spec = _accelerated(_pick(_load(Path(target)), model), providers, precision)
-        results = _predict_local(spec, images, Region(x, y, crop), top)
+        runtime_options = RuntimeOptions(trust_code=trust_model_code)
+        spec = _accelerated(replace(_pick(_load(Path(target)), model), options=runtime_options),
+                            providers, precision)
+        results = _predict_local(spec, images, Region(x, y, crop), top, verbose)
     for path, result in zip(images, results, strict=True):
         if as_json:
             typer.echo(orjson.dumps({"file": str(path), **result}).decode())
@@ -68,10 +81,12 @@ def _files(images: list[Path]):
     return track(images, description="predicting", console=console) if len(images) > 3 else images
 
 
-def _predict_remote(url: str, model: str | None, images: list[Path], options: dict) -> list[dict]:
+def _predict_remote(url: str, model: str | None, images: list[Path], options: dict,
+                    api_key: str | None) -> list[dict]:
     params = {k: v for k, v in options.items() if v is not None}
-    with httpx.Client(base_url=url.rstrip("/"), timeout=60) as client:
-        name = model or _only_model([m["name"] for m in client.get("/api/models").json()["models"]])
+    with httpx.Client(base_url=url.rstrip("/"), timeout=60, headers=key_headers(api_key)
+                      ) as client:
+        name = model or _only_model(_served_models(client))
         results = []
         for path in _files(images):
             with path.open("rb") as handle:
@@ -81,8 +96,18 @@ def _predict_remote(url: str, model: str | None, images: list[Path], options: di
         return results
 
 
-def _predict_local(spec: ModelSpec, images: list[Path], region: Region, k: int) -> list[dict]:
-    runtime = _runtime(spec)
+def _served_models(client: httpx.Client) -> list[str]:
+    response = client.get("/api/models")
+    if response.status_code != 200:
+        error = response.json().get("error", {})
+        typer.echo(f"modelhost: {error.get('code')}: {error.get('message')}", err=True)
+        raise typer.Exit(2)
+    return [m["name"] for m in response.json()["models"]]
+
+
+def _predict_local(spec: ModelSpec, images: list[Path], region: Region, k: int,
+                   verbose: bool) -> list[dict]:
+    runtime = _runtime(spec, verbose)
     prep = resolve(spec.config, runtime.info)
     settings = Settings()
     results = []
@@ -113,7 +138,8 @@ def inspect(
     target: Annotated[Path, typer.Argument(help="Model file or folder.")],
     model: Annotated[str | None, Opt(help="Model name (in a repository).")] = None,
     format: Annotated[str | None, Opt(
-        "--format", help=f"Force the model format: {', '.join(FORMATS)}.")] = None,
+        "--format",
+        help=f"Force the model format: {', '.join(FORMATS)} [detected from the file].")] = None,
     trust_model_code: Annotated[bool, Opt("--trust-model-code",
         help="Allow Python code in the model (Lambda layers, pipeline.py).")] = False,
     input_name: Annotated[str | None, Opt(help="Input tensor of a frozen TF graph.")] = None,
@@ -125,12 +151,15 @@ def inspect(
                                       exists=True, dir_okay=False)] = None,
     providers: Annotated[str | None, Opt(help=PROVIDERS_HELP)] = None,
     precision: Annotated[str | None, Opt(help=PRECISION_HELP)] = None,
+    verbose: Annotated[bool, Opt("--verbose", help="Show the frameworks' start-up messages.")
+                       ] = False,
 ) -> None:
     """Print a model's inputs, outputs, ops, parameters, labels and preprocessing."""
+    confine_frameworks(Settings().cache_dir, verbose)
     options = RuntimeOptions("native", trust_model_code, input_name, output_name)
     spec = _accelerated(replace(_pick(_load(target, format, pipeline), model), options=options),
                         providers, precision)
-    runtime = _runtime(spec)
+    runtime = _runtime(spec, verbose)
     info, prep = runtime.info, resolve(spec.config, runtime.info)
     console.print(f"[bold]{spec.name}[/] version {spec.version} · {spec.format} · "
                   f"{spec.path.name} · {info.parameters:,} parameters")
@@ -150,6 +179,27 @@ def inspect(
         console.print(graph)
     shown = ", ".join(spec.labels[:10]) + (" …" if len(spec.labels) > 10 else "")
     console.print(f"labels ({len(spec.labels)}): {shown or 'none (indices are used)'}")
+    if info.whole_image:
+        console.print("input: the whole image, upright (EXIF orientation applied), RGB, at its "
+                      "own size, cropped only around (x, y) if asked; predict_image prepares it")
+    else:
+        _print_preprocessing(spec, info, prep)
+        console.print(f"pipeline: {describe_preprocessing(prep)}", soft_wrap=True)
+        if prep.decode == "fast":
+            drift = measure(runtime.predict, prep, spec.config.output_kind, spec.path.parent,
+                            Settings().max_pixels)
+            console.print(f"decode fast: {drift.describe()}", soft_wrap=True)
+    console.print(f"output: {spec.config.output_kind} (softmax unless already probabilities)")
+    if spec.format in CONVERTIBLE:
+        console.print("runtime: converted to ONNX and verified when served (--runtime auto)")
+    if info.provider:
+        console.print(f"provider: {info.provider} ({info.provider_note or 'the default'}); "
+                      f"precision {spec.config.precision}", markup=False)
+    if image is not None:
+        _print_image(image.read_bytes(), image.name, prep)
+
+
+def _print_preprocessing(spec: ModelSpec, info, prep) -> None:
     console.print(
         f"preprocessing: {prep.size[0]}×{prep.size[1]} {prep.layout} {prep.dtype}, "
         f"{'greyscale' if prep.channels == 1 else 'BGR' if prep.bgr else 'RGB'}, "
@@ -159,19 +209,6 @@ def inspect(
         + (f", default crop {prep.default_crop:g} around (x, y)" if prep.default_crop else ""),
         soft_wrap=True,
     )
-    console.print(f"pipeline: {describe_preprocessing(prep)}", soft_wrap=True)
-    if prep.decode == "fast" and not runtime.takes_images:
-        drift = measure(runtime.predict, prep, spec.config.output_kind, spec.path.parent,
-                        Settings().max_pixels)
-        console.print(f"decode fast: {drift.describe()}", soft_wrap=True)
-    console.print(f"output: {spec.config.output_kind} (softmax unless already probabilities)")
-    if spec.format in CONVERTIBLE:
-        console.print("runtime: converted to ONNX and verified when served (--runtime auto)")
-    if info.provider:
-        console.print(f"provider: {info.provider} ({info.provider_note or 'the default'}); "
-                      f"precision {spec.config.precision}", markup=False)
-    if image is not None:
-        _print_image(image.read_bytes(), image.name, prep)
 
 
 def _accelerated(spec: ModelSpec, providers: str | None, precision: str | None) -> ModelSpec:
@@ -241,8 +278,9 @@ def _only_model(names: list[str]):
     return names[0]
 
 
-def _runtime(spec: ModelSpec):
+def _runtime(spec: ModelSpec, verbose: bool):
     try:
-        return load_runtime(spec, threads=0)
+        with quiet_stderr(not verbose):
+            return load_runtime(spec, threads=0)
     except (RuntimeUnavailable, UntrustedCode, ProviderError, ValueError, OSError) as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -42,7 +42,7 @@ def optimize(
     settings = Settings(cache_dir=cache_dir) if cache_dir else Settings()
     source = _pick(_load(target), model)
     spec = _onnx(source, settings)
-    prep = resolve(spec.config, _runtime(spec).info)
+    prep = resolve(spec.config, _runtime(spec, False).info)
     inputs = (sample_tensors(_images(samples), prep) if samples
               else sample_inputs(source, prep))
     console = Console()

@@ -29,6 +29,8 @@ def report(
     version: Annotated[str | None, Opt(help="Only this model version.")] = None,
     csv_file: Annotated[Path | None, Opt("--csv", help="Also write per-label rows here.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the API's JSON instead.")] = False,
+    include_bench: Annotated[bool, Opt("--include-bench",
+        help="Also count load-test traffic (modelhost bench's requests).")] = False,
 ) -> None:
     """Accuracy of MODEL from users' feedback: top-1/top-k with 95 % intervals, per label."""
     try:
@@ -38,7 +40,10 @@ def report(
     window = (_utc(since), _utc(until), version)
     try:
         store.migrate()
-        judged, count = store.judged(model, *window), store.count_predictions(model, *window)
+        if not store.count_predictions(model, None, None, None, include_bench=True):
+            _not_found(model, as_json)
+        judged = store.judged(model, *window, include_bench)
+        count = store.count_predictions(model, *window, include_bench)
         out = figures.accuracy(judged, count)
     except StoreUnavailable as exc:
         console.print(f"[red]the database is unavailable:[/red] {exc}")
@@ -51,6 +56,17 @@ def report(
         typer.echo(orjson.dumps({"model": model, "version": version, **out}).decode())
         return
     _print(model, out)
+
+
+def _not_found(model: str, as_json: bool) -> None:
+    """What the API answers (404 ``not_found``) for a model with no prediction in the log:
+    an unknown name, most likely a typo; exit 1."""
+    message = f"no model named {model!r} in the prediction log"
+    if as_json:
+        typer.echo(orjson.dumps({"error": {"code": "not_found", "message": message}}).decode())
+    else:
+        typer.echo(f"modelhost: {message}", err=True)
+    raise typer.Exit(1)
 
 
 def _print(model: str, out: dict) -> None:

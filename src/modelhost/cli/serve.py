@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from .. import logs
 from ..download import is_url
 from ..errors import StartupError
-from ..settings import Settings
+from ..settings import Settings, confine_frameworks
 from ..types import FORMATS, PIPELINES
 
 Opt = typer.Option
@@ -47,21 +47,30 @@ def serve(
     timeout: Annotated[float | None, Opt(help="Request deadline in seconds [30].")] = None,
     max_body: Annotated[int | None, Opt(help="Largest request body in bytes [20 MiB].")] = None,
     max_pixels: Annotated[int | None, Opt(help="Largest image in pixels [25,000,000].")] = None,
-    max_queue: Annotated[int | None, Opt(help="Queued requests per model before 503.")] = None,
-    replicas: Annotated[int | None, Opt(help="Worker processes per model.")] = None,
-    threads: Annotated[int | None, Opt(help="ONNX Runtime threads per worker.")] = None,
-    max_batch_size: Annotated[int | None, Opt(help="Largest batch.")] = None,
-    max_delay_ms: Annotated[float | None, Opt(help="Wait this long for a fuller batch.")] = None,
-    drain_grace: Annotated[float | None, Opt(help="Seconds to finish requests on SIGTERM.")] = None,
-    api_keys: Annotated[Path | None, Opt(help="Require an API key from this file.")] = None,
+    max_queue: Annotated[int | None, Opt(
+        help="Queued requests per model before 503 [256].")] = None,
+    replicas: Annotated[int | None, Opt(
+        help="Worker processes per model [modelhost.toml, else 1].")] = None,
+    threads: Annotated[int | None, Opt(
+        help="ONNX Runtime threads per worker [modelhost.toml, else 0: ONNX Runtime's "
+             "choice].")] = None,
+    max_batch_size: Annotated[int | None, Opt(
+        help="Largest batch [modelhost.toml, else 8].")] = None,
+    max_delay_ms: Annotated[float | None, Opt(
+        help="Wait this long for a fuller batch [modelhost.toml, else 0].")] = None,
+    drain_grace: Annotated[float | None, Opt(
+        help="Seconds to finish requests on SIGTERM [20].")] = None,
+    api_keys: Annotated[Path | None, Opt(
+        help="Require an API key from this file [no keys needed].")] = None,
     protect_ops: Annotated[bool, Opt("--protect-ops",
         help="Require the key for health, readiness and metrics too.")] = False,
-    rate_limit: Annotated[str | None, Opt(help="Per key or address, e.g. 20/s.")] = None,
+    rate_limit: Annotated[str | None, Opt(
+        help="Per key or address, e.g. 20/s [unlimited].")] = None,
     burst: Annotated[int | None, Opt(help="Requests allowed at once [the rate].")] = None,
     rate_limit_storage: Annotated[str | None, Opt(
-        help="memory:// or redis://host:port (shared by replicas).")] = None,
+        help="memory:// or redis://host:port (shared by replicas) [memory://].")] = None,
     allowed_origins: Annotated[str | None, Opt(
-        help="Other origins browsers may POST from (comma-separated).")] = None,
+        help="Other origins browsers may POST from (comma-separated) [none].")] = None,
     allowed_hosts: Annotated[str | None, Opt(
         help="Host names to answer to [loopback names when bound to loopback].")] = None,
     header_timeout: Annotated[float | None, Opt(help="Seconds to send headers [10].")] = None,
@@ -71,9 +80,10 @@ def serve(
         help="Open connections per client address [100; 0: no cap].")] = None,
     worker_memory_limit: Annotated[int | None, Opt(
         help="Address-space bytes per worker process [no limit].")] = None,
-    cache_dir: Annotated[Path | None, Opt(help="Where converted models are kept.")] = None,
+    cache_dir: Annotated[Path | None, Opt(
+        help="Where converted models are kept [~/.cache/modelhost].")] = None,
     format: Annotated[str | None, Opt("--format",
-        help=f"Force the model format: {', '.join(FORMATS)}.")] = None,
+        help=f"Force the model format: {', '.join(FORMATS)} [detected from the file].")] = None,
     pipeline: Annotated[str | None, Opt(
         help="Training pipeline of a model without one in modelhost.toml: "
              f"{', '.join(PIPELINES)}.")] = None,
@@ -93,18 +103,20 @@ def serve(
         help="Follow the model folder: swap in new versions, drop removed models.")] = False,
     model_control: Annotated[bool, Opt("--model-control",
         help="Allow loading and unloading the folder's models over /v2/repository.")] = False,
-    log_level: Annotated[str | None, Opt(help="debug, info, warning, error.")] = None,
+    log_level: Annotated[str | None, Opt(help="debug, info, warning, error [info].")] = None,
+    log_format: Annotated[str | None, Opt(
+        help="json, text or auto [auto: text when stderr is a terminal, else json].")] = None,
     db: Annotated[str | None, Opt(help="Prediction log database URL: sqlite:///FILE or "
                                   "postgresql+psycopg://... [a SQLite file in ~/.local/share].")
                   ] = None,
     no_log_predictions: Annotated[bool, Opt("--no-log-predictions",
         help="Do not record predictions (feedback then has nothing to refer to).")] = False,
     store_images: Annotated[Path | None, Opt(
-        help="Keep every input image in this folder, named by its sha256.")] = None,
+        help="Keep every input image in this folder, named by its sha256 [not kept].")] = None,
     allow_new_labels: Annotated[bool, Opt("--allow-new-labels",
         help="Accept feedback labels the model does not have.")] = False,
     retention_days: Annotated[float | None, Opt(
-        help="Delete logged predictions older than this many days.")] = None,
+        help="Delete logged predictions older than this many days [kept].")] = None,
     journal_dir: Annotated[Path | None, Opt(
         help="Where records wait while the database is away [under the cache dir].")] = None,
 ) -> None:
@@ -113,7 +125,8 @@ def serve(
         settings = settings_of(locals())
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from None
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
+    confine_frameworks(settings.cache_dir, verbose=settings.log_level.lower() == "debug")
     from ..assembly import serve as run
 
     try:

@@ -107,7 +107,7 @@ class PredictionLog:
     # -- the request path -------------------------------------------------------------------
 
     def record(self, p: Prediction, *, data: bytes, sha256: str, region: Region,
-               client: str | None, request_id: str) -> None:
+               client: str | None, request_id: str, bench: bool = False) -> None:
         """Log one prediction: one journal append, nothing waits for the database."""
         labels = [lab.label for lab in p.labels]
         t = p.timings
@@ -118,7 +118,7 @@ class PredictionLog:
             "scores": [round(lab.score, 6) for lab in p.labels],
             "decode_ms": t.decode, "queue_ms": t.queue, "inference_ms": t.inference,
             "total_ms": t.total, "batch_size": p.batch_size, "client": client,
-            "request_id": request_id,
+            "request_id": request_id, **({"bench": True} if bench else {}),
         })
         self._remember(p.id, Logged(p.model, p.version, tuple(labels)))
         if self._images is not None:

@@ -11,8 +11,6 @@ import math
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 
-import numpy as np
-
 Z95 = 1.959964  # two-sided 95 % normal quantile
 
 
@@ -100,25 +98,43 @@ def over_time(judged: list[dict]) -> list[dict]:
             for (v, t), (h, n) in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
-def latency(timings: list[tuple[datetime, float]], buckets: int = 48) -> dict:
-    """Latency percentiles and throughput over time, in at most ``buckets`` buckets."""
-    if not timings:
-        return {"bucket_seconds": None, "series": []}
-    first, last = timings[0][0], timings[-1][0]
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def latency_buckets(first: datetime, last: datetime, buckets: int = 48) -> tuple[int, list]:
+    """Bucket length in whole seconds, and the starts of buckets 1…``buckets`` - 1."""
     seconds = max(1, math.ceil((last - first).total_seconds() / buckets) + 1)
-    groups: dict[int, list[float]] = defaultdict(list)
-    for at, ms in timings:
-        groups[int((at - first).total_seconds() // seconds)].append(ms)
+    return seconds, [first + timedelta(seconds=i * seconds) for i in range(1, buckets)]
+
+
+def latency(first: datetime | None, seconds: int | None,
+            ranks: list[tuple[int, int, int, float]]) -> dict:
+    """Latency percentiles (numpy's linear interpolation) and throughput per bucket, from the
+    rows ``Store.latency_ranks`` picked around each percentile's position."""
+    if first is None or seconds is None:
+        return {"bucket_seconds": None, "series": []}
+    by_bucket: dict[int, dict[int, float]] = defaultdict(dict)
+    counts: dict[int, int] = {}
+    for bucket, n, rank, ms in ranks:
+        by_bucket[bucket][rank] = ms
+        counts[bucket] = n
     series = []
-    for index in sorted(groups):
-        values = np.asarray(groups[index])
-        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    for index in sorted(by_bucket):
+        n, values = counts[index], by_bucket[index]
+        p50, p90, p99 = (_interpolate(values, q * (n - 1)) for q in QUANTILES)
         series.append({
-            "start": _iso(first + timedelta(seconds=index * seconds)), "count": len(values),
-            "per_second": round(len(values) / seconds, 4), "p50_ms": round(float(p50), 3),
-            "p90_ms": round(float(p90), 3), "p99_ms": round(float(p99), 3),
+            "start": _iso(first + timedelta(seconds=index * seconds)), "count": n,
+            "per_second": round(n / seconds, 4), "p50_ms": round(p50, 3),
+            "p90_ms": round(p90, 3), "p99_ms": round(p99, 3),
         })
     return {"bucket_seconds": seconds, "series": series}
+
+
+def _interpolate(values: dict[int, float], position: float) -> float:
+    low = math.floor(position)
+    if position == low:
+        return values[low]
+    return values[low] + (position - low) * (values[low + 1] - values[low])
 
 
 def _step(first: datetime, last: datetime) -> timedelta:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    false,
 )
 
 metadata = MetaData()
@@ -41,6 +42,8 @@ predictions = Table(
     Column("batch_size", Integer, nullable=False),
     Column("client", String(128)),  # the API key's name, never the secret
     Column("request_id", String(64)),
+    # load-test traffic (X-Modelhost-Bench): kept, left out of accuracy and feedback figures
+    Column("bench", Boolean, nullable=False, server_default=false()),
     Index("ix_predictions_model_created", "model", "created_at"),
     Index("ix_predictions_created", "created_at"),
 )

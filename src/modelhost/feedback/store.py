@@ -18,7 +18,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy import Engine, case, create_engine, delete, event, func, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -87,14 +87,17 @@ class Store:
         return row._asdict() if row else None
 
     def count_predictions(self, model: str, since: datetime | None, until: datetime | None,
-                          version: str | None) -> int:
+                          version: str | None, include_bench: bool = False) -> int:
+        """Predictions in the window; load-test traffic only when ``include_bench``."""
         query = _window(select(func.count()).select_from(predictions), model, since, until,
                         version)
+        if not include_bench:
+            query = query.where(predictions.c.bench.is_(False))
         with _available(), self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
     def judged(self, model: str, since: datetime | None, until: datetime | None,
-               version: str | None) -> list[dict]:
+               version: str | None, include_bench: bool = False) -> list[dict]:
         """Predictions that got feedback, with what the user chose."""
         query = _window(
             select(predictions.c.id, predictions.c.created_at, predictions.c.version,
@@ -103,19 +106,44 @@ class Store:
             .join(feedback, feedback.c.prediction_id == predictions.c.id),
             model, since, until, version,
         ).order_by(predictions.c.created_at)
+        if not include_bench:
+            query = query.where(predictions.c.bench.is_(False))
         with _available(), self.engine.connect() as conn:
             rows = [row._asdict() for row in conn.execute(query)]
         for row in rows:
             row["created_at"] = _aware(row["created_at"])
         return rows
 
-    def timings(self, model: str, since: datetime | None, until: datetime | None,
-                version: str | None) -> list[tuple[datetime, float]]:
-        """(time, total ms) of each prediction in the window, oldest first."""
-        query = _window(select(predictions.c.created_at, predictions.c.total_ms), model, since,
-                        until, version).order_by(predictions.c.created_at)
+    def time_span(self, model: str, since: datetime | None, until: datetime | None,
+                  version: str | None) -> tuple[datetime, datetime] | None:
+        """The first and last prediction time in the window, or None when it is empty."""
+        query = _window(select(func.min(predictions.c.created_at),
+                               func.max(predictions.c.created_at)), model, since, until, version)
         with _available(), self.engine.connect() as conn:
-            return [(_aware(t), ms) for t, ms in conn.execute(query)]
+            first, last = conn.execute(query).one()
+        return None if first is None else (_aware(first), _aware(last))
+
+    def latency_ranks(self, model: str, since: datetime | None, until: datetime | None,
+                      version: str | None, edges: list[datetime],
+                      quantiles: tuple[float, ...]) -> list[tuple[int, int, int, float]]:
+        """Per time bucket (``edges`` are the buckets' starts after the first), only the rows
+        around each quantile's position: (bucket, rows in it, rank from 0, total ms).
+
+        Ranked in the database (window functions, in SQLite and PostgreSQL alike), so a long
+        window never loads its rows into Python; at most 3 rows per quantile and bucket come
+        back, enough to interpolate as numpy's percentile does."""
+        at = predictions.c.created_at
+        bucket = sum((case((at >= edge, 1), else_=0) for edge in edges), literal(0))
+        ranked = _window(select(
+            bucket.label("bucket"), predictions.c.total_ms.label("ms"),
+            (func.row_number().over(partition_by=bucket, order_by=predictions.c.total_ms) - 1)
+            .label("rank"),
+            func.count().over(partition_by=bucket).label("n"),
+        ), model, since, until, version).subquery()
+        near = or_(*(func.abs(ranked.c.rank - q * (ranked.c.n - 1)) < 1 for q in quantiles))
+        query = select(ranked.c.bucket, ranked.c.n, ranked.c.rank, ranked.c.ms).where(near)
+        with _available(), self.engine.connect() as conn:
+            return [(int(b), int(n), int(r), float(ms)) for b, n, r, ms in conn.execute(query)]
 
     def delete_before(self, cutoff: datetime) -> int:
         """Retention: drop predictions (and their feedback) older than ``cutoff``."""
@@ -205,7 +233,7 @@ def _prediction_row(r: dict) -> dict:
         "top1": r["labels"][0] if r["labels"] else None, "decode_ms": r["decode_ms"],
         "queue_ms": r["queue_ms"], "inference_ms": r["inference_ms"], "total_ms": r["total_ms"],
         "batch_size": r["batch_size"], "client": r.get("client"),
-        "request_id": r.get("request_id"),
+        "request_id": r.get("request_id"), "bench": bool(r.get("bench", False)),
     }
 
 

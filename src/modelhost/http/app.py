@@ -81,7 +81,7 @@ def create_app(registry: Registry, predictor: Predictor, metrics: Metrics, setti
     app.include_router(routes_ops.router(registry, metrics, prediction_log))
     app.include_router(routes_v2.router(registry, predictor, metrics, settings, control))
     app.include_router(routes_tfserving.router(registry, predictor, metrics, settings))
-    app.include_router(pages.router())
+    app.include_router(pages.router(allow_urls=settings.allow_urls))
     docs.install(app)
     app.mount("/static", pages.static_files(), name="static")
     app.add_middleware(

@@ -5,18 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def router() -> APIRouter:
+URL_FORM = '<form id="url-form" class="field url-form" novalidate>'
+
+
+def router(allow_urls: bool = False) -> APIRouter:
+    """The pages; the image-URL field is in the page only when the server fetches URLs
+    (``--allow-urls``), so that nobody learns it is off from a red error."""
     pages = APIRouter(include_in_schema=False)
+    html = (STATIC_DIR / "index.html").read_text()
+    if not allow_urls:
+        html = html.replace(URL_FORM, URL_FORM.replace("novalidate", "novalidate hidden"))
 
     @pages.get("/")
-    async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    async def index() -> HTMLResponse:
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
     @pages.get("/dashboard")
     async def dashboard() -> FileResponse:

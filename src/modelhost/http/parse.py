@@ -49,9 +49,16 @@ def deadline_for(request: Request, timeout: float) -> float:
     return asyncio.get_running_loop().time() + timeout
 
 
+def is_bench(request: Request) -> bool:
+    """``X-Modelhost-Bench: 1`` (sent by ``modelhost bench``): load-test traffic."""
+    return request.headers.get("x-modelhost-bench", "") == "1"
+
+
 def call_of(request: Request, timeout: float) -> Call:
-    """The request's one deadline, id and client, for the body read and the predictor."""
-    return Call(deadline_for(request, timeout), request_id_of(request), client_of(request))
+    """The request's one deadline, id, client and bench mark, for the body read and the
+    predictor."""
+    return Call(deadline_for(request, timeout), request_id_of(request), client_of(request),
+                bench=is_bench(request))
 
 
 async def read_body(request: Request, deadline: float) -> bytes:
@@ -80,7 +87,7 @@ async def read_predict_request(request: Request, deadline: float) -> PredictRequ
     merged = {k: v for k, v in request.query_params.items() if k in _OPTION_NAMES}
     merged.update(options)
     return PredictRequest(source=source, region=_region(merged), top_k=_top_k(merged),
-                          client=client_of(request))
+                          client=client_of(request), bench=is_bench(request))
 
 
 def query_source(request: Request) -> PredictRequest:
@@ -92,7 +99,7 @@ def query_source(request: Request) -> PredictRequest:
     source: Source = RemoteUrl(url) if url is not None else ServerPath(path or "")
     options = {k: v for k, v in params.items() if k in _OPTION_NAMES}
     return PredictRequest(source=source, region=_region(options), top_k=_top_k(options),
-                          client=client_of(request))
+                          client=client_of(request), bench=is_bench(request))
 
 
 async def _read_body(request: Request) -> tuple[Source, dict]:
@@ -168,8 +175,10 @@ def _read_json(body: bytes) -> tuple[Source, dict]:
 
 def _number(options: dict, name: str) -> float | None:
     value = options.get(name)
-    if value is None or value == "":
+    if value is None:
         return None
+    if isinstance(value, str) and not value.strip():  # `?top_k=`: a mistake, not the default
+        raise InvalidInput(f"{name} is empty; give a number or leave it out")
     try:
         number = float(value)
     except (TypeError, ValueError):

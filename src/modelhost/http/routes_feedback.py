@@ -4,7 +4,7 @@ and latency per model (the dashboard and `modelhost report` show the same number
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -48,6 +48,9 @@ class FeedbackOut(BaseModel):
 Since = Annotated[datetime | None, Query(description="ISO time; from this moment on.")]
 Until = Annotated[datetime | None, Query(description="ISO time; before this moment.")]
 Version = Annotated[str | None, Query(description="Only this model version.")]
+IncludeBench = Annotated[bool, Query(description="Also count load-test traffic (requests "
+                                                 "marked X-Modelhost-Bench: 1, as `modelhost "
+                                                 "bench` sends).")]
 
 
 def router(registry: RegistryView, prediction_log: PredictionLog | None, *,
@@ -81,22 +84,41 @@ def router(registry: RegistryView, prediction_log: PredictionLog | None, *,
 
     @api.get("/models/{model}/accuracy", summary="Accuracy learned from users' feedback")
     async def accuracy(model: str, since: Since = None, until: Until = None,
-                       version: Version = None) -> JSON:
+                       version: Version = None, include_bench: IncludeBench = False) -> JSON:
         store = _store_for(registry, the_log(), model)
-        window = (_utc(since), _utc(until), version)
+        window = (_utc(since), _utc(until), version, include_bench)
         count, judged = await _read(
             lambda: (store.count_predictions(model, *window), store.judged(model, *window)))
         return JSON({"model": model, "version": version, "since": _iso(since),
                      "until": _iso(until), **report.accuracy(judged, count)})
 
-    @api.get("/models/{model}/latency", summary="Latency percentiles and throughput over time")
+    @api.get("/models/{model}/latency", summary="Latency percentiles and throughput over time",
+             description="The last 24 hours unless `since` or `until` is given; at most 48 "
+                         "buckets, computed in the database.")
     async def latency(model: str, since: Since = None, until: Until = None,
                       version: Version = None) -> JSON:
         store = _store_for(registry, the_log(), model)
-        timings = await _read(lambda: store.timings(model, _utc(since), _utc(until), version))
-        return JSON({"model": model, "version": version, **report.latency(timings)})
+        if since is None and until is None:
+            since = datetime.now(UTC) - LATENCY_WINDOW
+        window = (_utc(since), _utc(until), version)
+        figures = await _read(lambda: _latency(store, model, window))
+        return JSON({"model": model, "version": version, "since": _iso(since),
+                     "until": _iso(until), **figures})
 
     return api
+
+
+LATENCY_WINDOW = timedelta(hours=24)  # the default window: bounded, whatever the log holds
+
+
+def _latency(store, model: str, window: tuple) -> dict:
+    """Two queries: the window's time span, then the rows around each percentile."""
+    span = store.time_span(model, *window)
+    if span is None:
+        return report.latency(None, None, [])
+    seconds, edges = report.latency_buckets(*span)
+    ranks = store.latency_ranks(model, *window, edges, report.QUANTILES)
+    return report.latency(span[0], seconds, ranks)
 
 
 def _labels_of(registry: RegistryView, name: str) -> frozenset[str]:

@@ -24,13 +24,7 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
         "labels": len(model.spec.labels),
         "top_k": model.spec.config.top_k,
         "default_crop": prep.default_crop if prep else model.spec.config.default_crop,
-        "input": (
-            {"width": prep.size[0], "height": prep.size[1], "channels": prep.channels,
-             "layout": prep.layout, "scaling": prep.scaling, "resize": prep.resize,
-             "pipeline": prep.pipeline or "default", "resample": prep.resample,
-             "decode": prep.decode, "drift": _drift(info.drift if info else None)}
-            if prep else None
-        ),
+        "input": _input(model),
         "workers_ready": model.workers_ready,
         "precision": model.spec.config.precision,
         "providers": model.providers,
@@ -42,6 +36,19 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
             body["outputs"] = [_tensor(t) for t in info.outputs]
             body["parameters"] = info.parameters
     return body
+
+
+def _input(model: ServedModel) -> dict | None:
+    """The input the model is given; a ``predict_image`` class gets the whole image."""
+    prep, info = model.prep, model.info
+    if prep is None:
+        return None
+    if info is not None and info.whole_image:
+        return {"whole_image": True, "channels": 3}
+    return {"width": prep.size[0], "height": prep.size[1], "channels": prep.channels,
+            "layout": prep.layout, "scaling": prep.scaling, "resize": prep.resize,
+            "pipeline": prep.pipeline or "default", "resample": prep.resample,
+            "decode": prep.decode, "drift": _drift(info.drift if info else None)}
 
 
 def _drift(drift: Drift | None) -> dict | None:

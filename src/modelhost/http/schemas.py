@@ -59,16 +59,20 @@ class DecodeDrift(BaseModel):
 
 
 class InputDescription(BaseModel):
-    width: int
-    height: int
+    """What the model is given; ``whole_image``: a ``predict_image`` class gets the upright RGB
+    image at its own size (no width, height, layout, scaling or resize)."""
+
+    width: int | None = None
+    height: int | None = None
     channels: int
-    layout: str
-    scaling: str
-    resize: int
-    pipeline: str
-    resample: str
-    decode: str
-    drift: DecodeDrift | None
+    layout: str | None = None
+    scaling: str | None = None
+    resize: int | None = None
+    pipeline: str | None = None
+    resample: str | None = None
+    decode: str | None = None
+    drift: DecodeDrift | None = None
+    whole_image: bool = False
 
 
 class Tensor(BaseModel):

@@ -156,6 +156,8 @@ class UrlFetcher:
                 return await self._read_body(response, url.host)
         except httpx.ConnectError:
             raise _fetch_failed(url.host, "could not connect (network or TLS error)") from None
+        except httpx.InvalidURL:  # httpx parses a redirect's Location before we see it
+            raise _not_allowed("the redirect points to an invalid URL") from None
         except httpx.HTTPError:
             raise _fetch_failed(url.host, "the connection failed") from None
 

@@ -44,7 +44,7 @@ log = logging.getLogger("modelhost.convert")
 CONVERTIBLE = ("keras", "tf_savedmodel", "tf_frozen", "torchscript", "torch_export")
 MAX_ABS_DIFF = 1e-4
 TIE = 1e-5
-CONVERTER_VERSION = "1"  # bump when conversion changes, so that caches are redone
+CONVERTER_VERSION = "2"  # bump when conversion changes, so that caches are redone
 OPSET = 17
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -101,11 +101,28 @@ def cache_key(spec: ModelSpec) -> str:
 
 
 def _read_report(target: Path) -> dict | None:
+    """The cached outcome: a verified model, or a failure recorded by this modelhost version
+    (a newer one may convert what this one cannot, so it tries again)."""
+    report = _report_file(target)
+    if report is not None and report.get("ok") and (target / "model.onnx").is_file():
+        return report
+    return _report_file(target, _failure_name())
+
+
+def _failure_name() -> str:
+    from .. import __version__
+
+    return f"failed-{__version__}.json"
+
+
+def _remember_failure(target: Path, report: dict) -> None:
+    """Keep a failed conversion's report, so that the next start does not spend the same
+    tens of seconds (or the whole timeout) failing again."""
     try:
-        report = json.loads((target / "report.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return report if report.get("ok") and (target / "model.onnx").is_file() else None
+        target.mkdir(parents=True, exist_ok=True)
+        (target / _failure_name()).write_text(json.dumps(report))
+    except OSError as exc:
+        log.warning("could not record the failed conversion in %s: %s", target, exc)
 
 
 def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float) -> dict:
@@ -121,21 +138,36 @@ def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float) -> dic
         report = _report_file(work)
         if report is None:
             tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            return {"ok": False, "reason": f"the converter exited with {done.returncode}: "
-                                           f"{tail[0][:300]}"}
+            report = {"ok": False, "reason": f"the converter exited with {done.returncode}: "
+                                             f"{tail[0][:300]}"}
         if report["ok"]:
-            shutil.rmtree(target, ignore_errors=True)
-            work.rename(target)
+            _install(work, target)
+        else:
+            _remember_failure(target, report)
         return report
     except subprocess.TimeoutExpired:
-        return {"ok": False, "reason": f"conversion took longer than {timeout:g}s"}
+        report = {"ok": False, "reason": f"conversion took longer than {timeout:g}s"}
+        _remember_failure(target, report)
+        return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _report_file(folder: Path) -> dict | None:
+def _install(work: Path, target: Path) -> None:
+    """Move a verified conversion into place. Pods sharing the cache (one volume) may convert
+    the same model at once: the first to arrive wins, the others keep its result."""
+    shutil.rmtree(target, ignore_errors=True)
     try:
-        return json.loads((folder / "report.json").read_text())
+        work.rename(target)
+    except OSError:
+        report = _read_report(target)
+        if report is None or not report.get("ok"):
+            raise
+
+
+def _report_file(folder: Path, name: str = "report.json") -> dict | None:
+    try:
+        return json.loads((folder / name).read_text())
     except (OSError, ValueError):
         return None
 
@@ -156,10 +188,11 @@ def convert(spec: ModelSpec, out: Path) -> dict:
         onnx_path = out / "model.onnx"
         _EXPORTERS[spec.format](source, prep, onnx_path)
         _set_metadata(onnx_path, {"modelhost.source_format": spec.format,
+                                  "modelhost.parameters": str(source.info.parameters),
                                   **({"modelhost.scaling": source.info.scaling}
                                      if source.info.scaling else {})})
         converted = OnnxRuntime(onnx_path, threads=0)
-        detail = verify(source, converted, sample_inputs(spec, prep), spec.config.output_kind)
+        detail = verify_batches(source, converted, spec, prep)
         report = {"ok": True, "detail": f"{detail}, {time.perf_counter() - started:.1f}s"}
     except Exception as exc:
         text = first_line(exc)
@@ -168,6 +201,17 @@ def convert(spec: ModelSpec, out: Path) -> dict:
                   "unloadable": isinstance(exc, ModelFileError | UntrustedCode)}
     (out / "report.json").write_text(json.dumps(report))
     return report
+
+
+def verify_batches(source, converted, spec: ModelSpec, prep: Preprocessing) -> str:
+    """Verify at batch 1, 2 and the configured maximum: a batch size baked into the graph
+    (a traced ``Reshape [2, -1]``) fails here, not on the first request of another size."""
+    largest = spec.config.max_batch_size
+    batch = sample_inputs(spec, prep, count=max(8, largest))
+    for size in sorted({1, 2, largest} - {len(batch)}):
+        verify(source, converted, batch[:size], spec.config.output_kind)
+    return (verify(source, converted, batch, spec.config.output_kind)
+            + f", at batch sizes 1, 2 and {largest}")
 
 
 def verify(source, converted, batch: np.ndarray, output_kind: str) -> str:
@@ -263,6 +307,7 @@ def _export_frozen(source, prep: Preprocessing, path: Path) -> None:
 
 
 def _export_torch(source, prep: Preprocessing, path: Path) -> None:
+    """TorchScript: traced at batch 2 with the batch axis marked dynamic."""
     import torch
 
     from ..preprocessing import tensor_shape
@@ -270,14 +315,22 @@ def _export_torch(source, prep: Preprocessing, path: Path) -> None:
     dummy = torch.zeros(tensor_shape(prep, 2), dtype=getattr(torch, prep.dtype))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        module = source.module
-        if not isinstance(module, torch.jit.ScriptModule):
-            # An exported program's module cannot be put in train mode, which the TorchScript
-            # exporter does; a trace of it can (the dynamo exporter would need onnxscript).
-            module = torch.jit.trace(module, dummy)
-        torch.onnx.export(module, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["output"],
+        torch.onnx.export(source.module, (dummy,), str(path), dynamo=False,
+                          opset_version=OPSET, input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+
+
+def _export_program(source, prep: Preprocessing, path: Path) -> None:
+    """torch.export: the exported program itself, with its own dynamic dimensions (a trace
+    of it would bake the example's batch into shapes such as ``Reshape [2, -1]``)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(source.program, dynamo=True, opset_version=OPSET,
+                                         verbose=False)
+        assert onnx_program is not None  # dynamo=True always returns the program
+        onnx_program.save(str(path))
 
 
 _EXPORTERS = {
@@ -285,7 +338,7 @@ _EXPORTERS = {
     "tf_savedmodel": _export_savedmodel,
     "tf_frozen": _export_frozen,
     "torchscript": _export_torch,
-    "torch_export": _export_torch,
+    "torch_export": _export_program,
 }
 
 

@@ -53,13 +53,14 @@ class OnnxRuntime(ArrayRuntime):
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
         ops, parameters = _graph_summary(graph)
+        metadata = self._session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo(
             inputs=tuple(_spec(t) for t in self._session.get_inputs()),
             outputs=tuple(_spec(t) for t in self._session.get_outputs()),
             ops=ops,
-            parameters=parameters,
+            parameters=_source_parameters(metadata) or parameters,
             producer=self._session.get_modelmeta().producer_name,
-            scaling=_own_scaling(self._session.get_modelmeta().custom_metadata_map),
+            scaling=_own_scaling(metadata),
             provider="cpu",
         )
         if isinstance(spec, ModelSpec) and spec.config.providers:
@@ -126,6 +127,13 @@ def _options(threads: int):
     # for decoding (a tiny model's worker sat at 70% CPU while idle-waiting).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+def _source_parameters(metadata: dict[str, str]) -> int:
+    """``modelhost.parameters``: the original model's count, written by the converter, so that
+    ``inspect`` and the served model state one number (conversion folds and adds constants)."""
+    value = metadata.get("modelhost.parameters", "")
+    return int(value) if value.isdigit() else 0
 
 
 def _own_scaling(metadata: dict[str, str]):

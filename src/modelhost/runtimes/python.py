@@ -43,6 +43,7 @@ class PipelineRuntime:
             inputs=(TensorSpec("image", "float32", (-1, height, width, channels)),),
             outputs=(TensorSpec("scores", "float32", (-1, len(self.labels) or -1)),),
             producer=f"{spec.path.name}:{cls.__name__}",
+            whole_image=self.takes_images,
         )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ class Start:
     max_pixels: int
     memory_limit: int | None = None  # bytes of address space (RLIMIT_AS), set before loading
     hash_inputs: bool = False  # SHA-256 of each input, for the prediction log (off without one)
+    verbose: bool = False  # let the frameworks' start-up messages through (serve --log-level debug)
 
 
 @dataclass(frozen=True)

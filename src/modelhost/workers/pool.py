@@ -238,9 +238,9 @@ class ModelPool:
 
     def __init__(self, spec: ModelSpec, replicas: int, threads: int, start_timeout: float,
                  max_pixels: int, memory_limit: int | None = None,
-                 hash_inputs: bool = False) -> None:
+                 hash_inputs: bool = False, verbose: bool = False) -> None:
         self.spec = spec
-        self._start = Start(spec, threads, max_pixels, memory_limit, hash_inputs)
+        self._start = Start(spec, threads, max_pixels, memory_limit, hash_inputs, verbose)
         self._deaths: dict[bytes, int] = {}  # input digest → workers that died running it
         self.quarantined: set[bytes] = set()
         self._replicas = replicas
@@ -264,6 +264,8 @@ class ModelPool:
 
     async def start(self) -> ModelInfo:
         """Start every replica; raise LoadError if any fails (the others are stopped)."""
+        if self.spec.problem:
+            raise LoadError(self.spec.problem)
         started = time.perf_counter()
         workers = [Worker(self._start, device_env(slot, self.spec.config))
                    for slot in range(self._replicas)]

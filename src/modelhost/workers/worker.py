@@ -29,6 +29,7 @@ from PIL import Image
 from ..errors import InvalidInput, ModelhostError
 from ..inputs.drift import measure, photo_like
 from ..inputs.images import to_image, to_tensor
+from ..logs import quiet_stderr
 from ..preprocessing import resolve
 from ..runtimes.base import (
     ModelFileError,
@@ -68,10 +69,11 @@ def main(fd: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (start.memory_limit, start.memory_limit))
     started = time.perf_counter()
     try:
-        runtime = load_runtime(start.spec, start.threads)
-        prep = resolve(start.spec.config, runtime.info)
-        _warm_up(runtime, prep, start.max_pixels)
-        info = _with_drift(runtime, prep, start)
+        with quiet_stderr(not start.verbose):
+            runtime = load_runtime(start.spec, start.threads)
+            prep = resolve(start.spec.config, runtime.info)
+            _warm_up(runtime, prep, start.max_pixels)
+            info = _with_drift(runtime, prep, start)
     except Exception as exc:  # report any load failure as data, then exit
         conn.send_bytes(encode(LoadFailed("model_load_failed", _describe(exc))))
         return

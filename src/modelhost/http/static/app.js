@@ -217,7 +217,9 @@
     if (m.version) parts.push(`version ${m.version}`);
     if (m.format) parts.push(m.format);
     if (m.labels) parts.push(`${m.labels} labels`);
-    if (m.input && m.input.width && m.input.height) {
+    if (m.input && m.input.whole_image) {
+      parts.push("input: the whole image");
+    } else if (m.input && m.input.width && m.input.height) {
       parts.push(`input ${m.input.width}×${m.input.height}`);
     }
     let text = parts.join(" · ");

@@ -43,6 +43,34 @@
     charts[id] = new window.Chart($(id), config);
   }
 
+  // Time on a linear axis of epoch milliseconds (Chart.js's "time" scale needs a date adapter):
+  // gaps in time stay gaps, and a lone point sits in a labelled hour instead of on an axis
+  // of one instant.
+  const HOUR = 3600e3;
+
+  function timeLabel(ms, span) {
+    const day = { month: "short", day: "numeric" };
+    const minute = { ...day, hour: "2-digit", minute: "2-digit" };
+    const format = span > 2 * 24 * HOUR ? day
+      : span > HOUR / 6 ? minute : { hour: "2-digit", minute: "2-digit", second: "2-digit" };
+    return new Date(ms).toLocaleString([], format);
+  }
+
+  function timeScale(xs, pad) {
+    let min = Math.min(...xs);
+    let max = Math.max(...xs);
+    if (!xs.length) [min, max] = [Date.now() - HOUR, Date.now()];
+    else if (min === max) [min, max] = [min - pad, max + pad];
+    return {
+      type: "linear", min, max,
+      ticks: { maxTicksLimit: 7, callback: (v) => timeLabel(v, max - min) },
+    };
+  }
+
+  const timeTooltip = {
+    callbacks: { title: (items) => (items.length ? new Date(items[0].parsed.x).toLocaleString() : "") },
+  };
+
   function query() {
     const params = new URLSearchParams();
     if (els.window.value) {
@@ -85,48 +113,52 @@
       options: { scales: { y: { min: 0, max: 1 } } },
     });
 
-    const starts = [...new Set(a.over_time.map((p) => p.start))].sort();
     const versions = [...new Set(a.over_time.map((p) => p.version))];
     draw("chart-accuracy", {
       type: "line",
       data: {
-        labels: starts,
         datasets: versions.map((v, i) => ({
           label: `version ${v}`,
           borderColor: COLOURS[i % COLOURS.length],
           backgroundColor: COLOURS[i % COLOURS.length],
-          spanGaps: true,
-          data: starts.map((s) => {
-            const p = a.over_time.find((q) => q.version === v && q.start === s);
-            return p ? p.top1_rate : null;
-          }),
+          pointRadius: 4,
+          data: a.over_time.filter((p) => p.version === v)
+            .map((p) => ({ x: Date.parse(p.start), y: p.top1_rate })),
         })),
       },
-      options: { scales: { y: { min: 0, max: 1 } } },
+      options: {
+        scales: { x: timeScale(a.over_time.map((p) => Date.parse(p.start)), HOUR),
+                  y: { min: 0, max: 1 } },
+        plugins: { tooltip: timeTooltip },
+      },
     });
   }
 
   function renderLatency(l) {
-    const starts = l.series.map((b) => b.start);
+    const xs = l.series.map((b) => Date.parse(b.start));
+    const options = () => ({
+      scales: { x: timeScale(xs, (l.bucket_seconds || 3600) * 1000), y: { beginAtZero: true } },
+      plugins: { tooltip: timeTooltip },
+    });
+    const points = (key) => l.series.map((b, i) => ({ x: xs[i], y: b[key] }));
     draw("chart-latency", {
       type: "line",
       data: {
-        labels: starts,
         datasets: ["p50_ms", "p90_ms", "p99_ms"].map((key, i) => ({
-          label: key.replace("_ms", " (ms)"), data: l.series.map((b) => b[key]),
+          label: key.replace("_ms", " (ms)"), data: points(key), pointRadius: 3,
           borderColor: COLOURS[i], backgroundColor: COLOURS[i],
         })),
       },
-      options: { scales: { y: { beginAtZero: true } } },
+      options: options(),
     });
     draw("chart-throughput", {
-      type: "bar",
+      type: "line",
       data: {
-        labels: starts,
-        datasets: [{ label: "predictions per second", data: l.series.map((b) => b.per_second),
-                     backgroundColor: COLOURS[2] }],
+        datasets: [{ label: "predictions per second", data: points("per_second"), pointRadius: 3,
+                     stepped: "before", fill: "origin", borderColor: COLOURS[2],
+                     backgroundColor: `${COLOURS[2]}55` }],
       },
-      options: { scales: { y: { beginAtZero: true } } },
+      options: options(),
     });
   }
 
