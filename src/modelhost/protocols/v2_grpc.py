@@ -5,12 +5,16 @@ Not the process-wide default pool: tritonclient (and any other V2 client library
 the same ``inference.*`` names there, and two definitions of one name in a pool are an error;
 so a server and such a client can share a process (in-process tests, an application that
 embeds both). No generated code is kept in the repository: ``grpc_tools.protoc`` compiles the
-file at first use.
+file at first use, in a child process: run in a process that has loaded TensorFlow (whose
+protobuf runtime differs from grpcio-tools'), the in-process compiler crashed the server with a
+segmentation fault (the full test suite, 2026-12-04).
 """
 
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,13 +31,13 @@ _PROTO = Path(__file__).with_name("open_inference_grpc.proto")
 @functools.cache
 def service() -> Any:
     """The service descriptor, from a pool that holds only this file."""
-    from grpc_tools import protoc  # grpcio-tools loads only when gRPC is served
-
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "service.pb"
-        if protoc.main(["protoc", f"-I{_PROTO.parent}", f"--descriptor_set_out={out}",
-                        str(_PROTO)]) != 0:
-            raise RuntimeError(f"protoc could not compile {_PROTO.name}")
+        done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{_PROTO.parent}",
+                               f"--descriptor_set_out={out}", str(_PROTO)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"protoc could not compile {_PROTO.name}: {done.stderr.strip()}")
         files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     pool = descriptor_pool.DescriptorPool()
     for file in files.file:
