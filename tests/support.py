@@ -31,14 +31,10 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 
-@dataclass
-class LiveServer:
-    """A running ``modelhost serve`` process."""
+class _ServerLogFile:
+    """``log()`` and ``wait_for_log()`` over the server's log file, for both server kinds."""
 
-    url: str
-    process: subprocess.Popen
     log_path: Path
-    client: httpx.Client = field(repr=False)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -52,6 +48,16 @@ class LiveServer:
                 raise AssertionError(f"{text!r} never logged:\n{log[-4000:]}")
             time.sleep(0.05)
         return log
+
+
+@dataclass
+class LiveServer(_ServerLogFile):
+    """A running ``modelhost serve`` process."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    client: httpx.Client = field(repr=False)
 
     @property
     def alive(self) -> bool:
@@ -266,7 +272,7 @@ def settings_from_args(args: list[str], env: dict | None = None):
         os.environ.update(saved)
 
 
-class InProcessServer:
+class InProcessServer(_ServerLogFile):
     """The real app, built by modelhost's composition root and served by uvicorn (with
     modelhost's drain-aware Server) in a thread of the test process, on a free 127.0.0.1 port.
 
@@ -337,17 +343,6 @@ class InProcessServer:
         """This server's live model workers (other in-process servers have their own)."""
         return [pid for model in list(self.core.registry.models.values())
                 for pid in model.pool.pids()]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 15) -> str:
-        deadline = time.monotonic() + timeout
-        while text not in (log := self.log()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} never logged:\n{log[-4000:]}")
-            time.sleep(0.05)
-        return log
 
     def stop(self, timeout: float = 30) -> int:
         """Stop serving (lifespan shutdown: the registry and its workers stop); the exit status
