@@ -79,7 +79,14 @@ class Server(uvicorn.Server):
         if self._guard is not None:
             self._guard.draining = self._guard.closing = True
         await self._accept_waiting()
-        await super().shutdown(sockets)  # closes the listener before its first await
+        for listener in self.servers:  # no new connections from here on
+            listener.close()
+        # A request a client sent on an open connection just before this point has not been
+        # read yet; closing that connection now resets it (the full suite saw "connection
+        # reset" and "disconnected without a response"). One short pause lets each be read
+        # and answered (503 draining, then the connection closes).
+        await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
 
     async def _accept_waiting(self, rounds: int = 100) -> None:
         """Let the loop accept the connections waiting in the listen backlog before the
