@@ -3,9 +3,10 @@
 Loaded before any test module, this points the user's data folders at one fresh temporary
 folder for the whole session, so no server (in this process or a subprocess, which inherits
 the environment) reads or writes the real user's: the default prediction log
-(``$XDG_DATA_HOME/modelhost``) and modelhost's cache with the journal (``MODELHOST_CACHE_DIR``,
-which would otherwise be ``$XDG_CACHE_HOME/modelhost``). ``XDG_CACHE_HOME`` itself stays: the
-per-machine caches of built test models, torch and matplotlib live there on purpose.
+(``$XDG_DATA_HOME/modelhost``) and modelhost's cache with the journal and tuned layouts
+(``MODELHOST_CACHE_DIR``, which would otherwise be ``$XDG_CACHE_HOME/modelhost``).
+``XDG_CACHE_HOME`` itself stays: the per-machine caches of built test models, torch and
+matplotlib live there on purpose.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from .support import InProcessServer, rgb_model, serve_in_process
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="modelhost-tests-home-"))
 os.environ["XDG_DATA_HOME"] = str(_SESSION_HOME / "data")
 os.environ["MODELHOST_CACHE_DIR"] = str(_SESSION_HOME / "cache")
+# Servers start with today's defaults instead of measuring their layout (up to 20 s per new
+# model): tests/test_tuning.py and tests/cli/test_tune.py turn tuning on where it is the point.
+os.environ["MODELHOST_TUNE"] = "0"
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

@@ -40,6 +40,7 @@ from .runtimes import providers
 from .runtimes.convert import prepare
 from .runtimes.quantize import int8_spec
 from .settings import ConfigError, Settings
+from .tuning import Layout, Pins, Tuner, untuned
 from .types import ModelSpec, RuntimeOptions
 from .watch import RepositoryWatcher
 from .workers.pool import ModelPool
@@ -205,25 +206,44 @@ def prediction_log(settings: Settings) -> PredictionLog:
 
 
 def _served_model(spec: ModelSpec, settings: Settings) -> ServedModel:
+    """A model's pool and batcher, laid out as set (or by default) until the registry's start
+    lets its tuner choose the values left open."""
+    tuner = tuner_for(spec, settings)
+    layout = untuned(tuner.default, tuner.pins)
+    pool = _pool(spec, settings, layout.layout.replicas, layout.layout.threads,
+                 settings.worker_start_timeout)
+    batcher = Batcher(pool, max_batch_size=layout.layout.max_batch_size,
+                      max_delay_ms=_max_delay_ms(spec, settings), max_queue=settings.max_queue)
+    return ServedModel(spec, pool, batcher, layout,
+                       tuner if settings.tune and not tuner.pins.complete else None)
+
+
+def tuner_for(spec: ModelSpec, settings: Settings) -> Tuner:
+    """The tuner of ``spec``'s layout: the command line's values and modelhost.toml's are
+    pinned; the others start at ModelConfig's defaults and may be measured."""
     config = spec.config
-    pool = ModelPool(
-        spec,
-        replicas=settings.replicas or config.replicas,
-        threads=settings.threads if settings.threads is not None else config.threads,
-        start_timeout=settings.worker_start_timeout,
-        max_pixels=settings.max_pixels,
-        memory_limit=settings.worker_memory_limit,
-        hash_inputs=settings.log_predictions,
-        verbose=settings.log_level.lower() == "debug",
-    )
-    batcher = Batcher(
-        pool,
-        max_batch_size=settings.max_batch_size or config.max_batch_size,
-        max_delay_ms=(settings.max_delay_ms if settings.max_delay_ms is not None
-                      else config.max_delay_ms),
-        max_queue=settings.max_queue,
-    )
-    return ServedModel(spec, pool, batcher)
+    pins = Pins.of(config, {"replicas": settings.replicas, "threads": settings.threads,
+                            "max_batch_size": settings.max_batch_size})
+    default = Layout(config.replicas, config.threads, config.max_batch_size)
+    return Tuner(spec, pins, pins.over(default),
+                 lambda replicas, threads, timeout: _pool(spec, settings, replicas, threads,
+                                                          min(timeout,
+                                                              settings.worker_start_timeout)),
+                 budget=settings.tune_budget, cache_dir=settings.cache_dir,
+                 max_delay_ms=_max_delay_ms(spec, settings))
+
+
+def _pool(spec: ModelSpec, settings: Settings, replicas: int, threads: int,
+          start_timeout: float) -> ModelPool:
+    return ModelPool(spec, replicas=replicas, threads=threads, start_timeout=start_timeout,
+                     max_pixels=settings.max_pixels, memory_limit=settings.worker_memory_limit,
+                     hash_inputs=settings.log_predictions,
+                     verbose=settings.log_level.lower() == "debug")
+
+
+def _max_delay_ms(spec: ModelSpec, settings: Settings) -> float:
+    return settings.max_delay_ms if settings.max_delay_ms is not None \
+        else spec.config.max_delay_ms
 
 
 @dataclass(frozen=True)

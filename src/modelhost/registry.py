@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from .batching.batcher import Batcher
 from .errors import NotFound, Unavailable
 from .preprocessing import PreprocessingError, resolve
+from .tuning import Choice, Tuner
 from .types import ModelInfo, ModelSpec, Preprocessing
 from .workers.pool import LoadError, ModelPool
 
@@ -42,6 +43,8 @@ class ServedModel:
     spec: ModelSpec
     pool: ModelPool
     batcher: Batcher
+    layout: Choice  # the layout in force and where each value came from
+    tuner: Tuner | None = None  # measures the values modelhost.toml and the flags leave open
     state: ModelState = ModelState.LOADING
     error: str | None = None
     update_error: str | None = None  # a newer version that failed to load (--watch)
@@ -57,6 +60,14 @@ class ServedModel:
     def providers(self) -> list[dict[str, Any]]:
         """The execution provider each live worker runs on, and how it was chosen."""
         return self.pool.providers()
+
+    async def choose_layout(self) -> None:
+        """Settle the layout before the serving workers start: cached, else measured."""
+        if self.tuner is None:
+            return
+        self.layout = await self.tuner.choose()
+        self.pool.resize(self.layout.layout.replicas, self.layout.layout.threads)
+        self.batcher.resize(self.layout.layout.max_batch_size)
 
 
 @dataclass
@@ -143,7 +154,11 @@ class Registry:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load every model in its workers; a failure is fatal unless ``keep_going``."""
+        """Choose each model's layout, then load every model in its workers; a failure is
+        fatal unless ``keep_going``. Layouts are chosen one model at a time, before any
+        serving worker starts: a measurement needs the machine to itself."""
+        for model in self._models.values():
+            await model.choose_layout()
         await asyncio.gather(*(self._load(m) for m in self._models.values()))
         failed = [m for m in self._models.values() if m.state is ModelState.FAILED]
         if failed and not self._keep_going:
@@ -154,6 +169,7 @@ class Registry:
         """Load and warm ``new`` beside the model of that name, then switch traffic to it in
         one step and drain the old one. If ``new`` fails, the old one keeps serving and the
         failure is reported on /readyz and /api/models."""
+        await new.choose_layout()
         await self._load(new)
         old = self._models.get(new.spec.name)
         if new.state is not ModelState.READY and old is not None \
@@ -197,8 +213,9 @@ class Registry:
             return
         model.info, model.state = info, ModelState.READY
         model.batcher.start()
-        log.info("model %s loaded%s", model.spec.name,
+        log.info("model %s loaded%s; layout %s", model.spec.name,
                  f"; decode fast: {info.drift.describe()}" if info.drift else "",
+                 model.layout.describe(),
                  extra={"fields": _summary(model)})
         if "serving on cpu" in info.provider_note:  # the listed fallback: said, never silent
             log.warning("model %s: %s", model.spec.name, info.provider_note)
@@ -247,6 +264,8 @@ def _summary(model: ServedModel) -> dict[str, Any]:
             "decode": prep.decode},
         **({"decode_drift": info.drift.describe()} if info.drift else {}),
         "workers": model.workers_ready,
+        "layout": {**model.pool.layout, **model.batcher.layout},
+        "layout_source": model.layout.sources,
         "providers": [p["provider"] for p in model.providers],
         "provider_note": info.provider_note, "precision": model.spec.config.precision,
     }

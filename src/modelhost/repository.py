@@ -288,7 +288,8 @@ def read_config(path: Path) -> ModelConfig:
             values[keys[key]] = _checked(path, f"{section}.{key}", keys[key], value)
         if section == "input":
             _check_pipeline(path, table)
-    return ModelConfig(**values)
+    pinned = tuple(name for name in ("replicas", "threads", "max_batch_size") if name in values)
+    return ModelConfig(**values, pinned=pinned)
 
 
 # Keys that belong to one training pipeline only (any other pipeline would ignore them).

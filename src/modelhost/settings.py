@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     )
     max_batch_size: int | None = Field(None, ge=1, description="Overrides modelhost.toml.")
     max_delay_ms: float | None = Field(None, ge=0, description="Overrides modelhost.toml.")
+    tune: bool = Field(
+        True, description="At a model's first start, measure the replicas, threads and max "
+        "batch size that modelhost.toml and the flags leave open; cached (docs/models.md)."
+    )
+    tune_budget: float = Field(
+        20.0, gt=0, description="Seconds one model's layout measurement may take in all."
+    )
     drain_grace: float = Field(
         20.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM."
     )

@@ -131,6 +131,9 @@ class ModelConfig:
     precision: Precision = "fp32"  # int8: the verified `modelhost optimize` file
     replicas_per_gpu: int = 1
     gpu_memory_mb: int = 0  # device memory cap per worker (0: the provider's default)
+    # the layout values ([workers] replicas/threads, [batching] max_batch_size) the file sets,
+    # in that order: those are never tuned (tuning.py); a tuple, so its repr is stable
+    pinned: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

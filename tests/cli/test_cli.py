@@ -186,7 +186,8 @@ def test_log_lines_are_text_at_a_terminal_and_json_otherwise(tmp_path):
             output += chunk
     os.close(main)
     lines = output.decode().splitlines()
-    assert any(line.endswith("INFO   model m loaded") for line in lines), lines
+    assert any(line.endswith("INFO   model m loaded; layout 1 worker × auto threads, max "
+                             "batch 8 (default)") for line in lines), lines
     assert not any(line.startswith("{") or "uvicorn.error" in line for line in lines), lines
     piped = start_server([str(tmp_path / "m")], tmp_path)
     assert piped.stop() == 0

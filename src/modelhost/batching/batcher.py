@@ -66,6 +66,10 @@ class Batcher:
         """The batching settings in force (reported by the model listings)."""
         return {"max_batch_size": self._max_batch, "max_delay_ms": self._max_delay * 1000.0}
 
+    def resize(self, max_batch_size: int) -> None:
+        """Take the largest batch the tuner chose (before :meth:`start`)."""
+        self._max_batch = max_batch_size
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._dispatch_forever())
 

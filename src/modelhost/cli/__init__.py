@@ -1,5 +1,5 @@
-"""The ``modelhost`` command: serve, predict, inspect, prepare, bench, report, optimize. Each
-command parses its flags and calls library code; nothing else here."""
+"""The ``modelhost`` command: serve, predict, inspect, prepare, bench, report, optimize,
+tune. Each command parses its flags and calls library code; nothing else here."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .optimize import optimize
 from .prepare import prepare
 from .report import report
 from .serve import serve
+from .tune import tune
 
 app = typer.Typer(
     help="Serve a trained image model as a fast, safe, observable web API.",
@@ -29,6 +30,7 @@ app.command()(prepare)
 app.command()(bench)
 app.command()(report)
 app.command()(optimize)
+app.command()(tune)
 app.add_typer(keys, name="keys")
 
 

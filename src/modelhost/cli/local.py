@@ -195,8 +195,25 @@ def inspect(
     if info.provider:
         console.print(f"provider: {info.provider} ({info.provider_note or 'the default'}); "
                       f"precision {spec.config.precision}", markup=False)
+    console.print(f"layout: {_layout(spec)}", soft_wrap=True, markup=False)
     if image is not None:
         _print_image(image.read_bytes(), image.name, prep)
+
+
+def _layout(spec: ModelSpec) -> str:
+    """The layout ``serve`` would start with on this machine: the cached measurement, else the
+    defaults with the values a first start would measure named."""
+    from ..assembly import tuner_for  # the server's own rule; fastapi loads only here
+    from ..tuning import FIELDS, untuned
+
+    tuner = tuner_for(spec, Settings())
+    cached = tuner.cached()
+    if cached is not None:
+        return cached.describe()
+    open_values = [name for name in FIELDS if name not in tuner.pins.values]
+    return untuned(tuner.default, tuner.pins).describe() + (
+        f"; serve measures {', '.join(open_values)} at its first start (or: modelhost tune)"
+        if open_values else "")
 
 
 def _print_preprocessing(spec: ModelSpec, info, prep) -> None:

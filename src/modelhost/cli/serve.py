@@ -23,6 +23,8 @@ def settings_of(params: dict[str, Any]) -> Settings:
     flags = {k: v for k, v in params.items() if v is not None and v is not False}
     if flags.pop("no_log_predictions", False):
         flags["log_predictions"] = False
+    if flags.pop("no_tune", False):
+        flags["tune"] = False
     models = flags.get("models")
     if isinstance(models, str) and is_url(models):
         flags["model_url"] = flags.pop("models")
@@ -50,14 +52,20 @@ def serve(
     max_queue: Annotated[int | None, Opt(
         help="Queued requests per model before 503 [256].")] = None,
     replicas: Annotated[int | None, Opt(
-        help="Worker processes per model [modelhost.toml, else 1].")] = None,
+        help="Worker processes per model [modelhost.toml, else measured at first start].")
+    ] = None,
     threads: Annotated[int | None, Opt(
-        help="ONNX Runtime threads per worker [modelhost.toml, else 0: ONNX Runtime's "
-             "choice].")] = None,
+        help="ONNX Runtime threads per worker [modelhost.toml, else measured at first start; "
+             "0: ONNX Runtime's choice].")] = None,
     max_batch_size: Annotated[int | None, Opt(
-        help="Largest batch [modelhost.toml, else 8].")] = None,
+        help="Largest batch [modelhost.toml, else measured at first start].")] = None,
     max_delay_ms: Annotated[float | None, Opt(
         help="Wait this long for a fuller batch [modelhost.toml, else 0].")] = None,
+    no_tune: Annotated[bool, Opt("--no-tune",
+        help="Do not measure the replicas, threads and max batch size that modelhost.toml and "
+             "these flags leave open; use the defaults.")] = False,
+    tune_budget: Annotated[float | None, Opt(
+        help="Seconds a model's first start may spend measuring its layout [20].")] = None,
     drain_grace: Annotated[float | None, Opt(
         help="Seconds to finish requests on SIGTERM [20].")] = None,
     api_keys: Annotated[Path | None, Opt(

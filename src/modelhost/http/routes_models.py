@@ -27,6 +27,8 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
         "input": _input(model),
         "workers_ready": model.workers_ready,
         "layout": {**model.pool.layout, **model.batcher.layout},
+        "layout_source": model.layout.sources,
+        "tuning_seconds": round(model.layout.seconds, 2),
         "precision": model.spec.config.precision,
         "providers": model.providers,
     }

@@ -99,6 +99,11 @@ class ModelSummary(BaseModel):
     default_crop: float
     input: InputDescription | None
     workers_ready: int
+    layout: dict[str, float]  # replicas, threads, max_batch_size, max_delay_ms in force
+    # where each of replicas, threads, max_batch_size came from: measured (tuned at this
+    # start), cache (tuned before), modelhost.toml, command line or default
+    layout_source: dict[str, str]
+    tuning_seconds: float  # spent measuring the layout at this start (0: none)
     precision: str
     providers: list[WorkerProvider]
 

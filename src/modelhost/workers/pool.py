@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from multiprocessing import shared_memory
 
 from ..errors import InternalError, InvalidInput, ModelhostError, StartupError, Unavailable
@@ -259,8 +260,17 @@ class ModelPool:
 
     @property
     def layout(self) -> dict[str, int]:
-        """How many worker processes, and the runtime threads in each (reported, not tuned)."""
+        """How many worker processes, and the runtime threads in each."""
         return {"replicas": self._replicas, "threads": self._start.threads}
+
+    def resize(self, replicas: int, threads: int) -> None:
+        """Take the layout the tuner chose; only before :meth:`start` (running workers keep
+        theirs)."""
+        if any(w is not None for w in self._workers):
+            raise RuntimeError("a started pool cannot be resized")
+        self._replicas = replicas
+        self._workers = [None] * replicas
+        self._start = replace(self._start, threads=threads)
 
     @property
     def inflight(self) -> int:
