@@ -157,6 +157,9 @@ top_k = 3
 max_batch_size = 32
 
 [workers]
+# every layout value is set, so the demo serves at once: nothing is measured at its first
+# start (docs/models.md, "Tuning")
+replicas = 1
 threads = 1
 """
 
@@ -249,6 +252,9 @@ top_k = 3
 max_batch_size = 32
 
 [workers]
+# every layout value is set, so the demo serves at once: nothing is measured at its first
+# start (docs/models.md, "Tuning")
+replicas = 1
 threads = 1
 """
 
