@@ -215,8 +215,7 @@ class Tuner:
     measurement needs the machine to itself."""
 
     def __init__(self, spec: ModelSpec, pins: Pins, default: Layout, make_pool: PoolMaker, *,
-                 budget: float, cache_dir: Path, max_delay_ms: float,
-                 cores: int | None = None) -> None:
+                 budget: float, cache_dir: Path, max_delay_ms: float) -> None:
         self.spec = spec
         self.pins = pins
         self.default = default
@@ -224,7 +223,8 @@ class Tuner:
         self.budget = budget
         self._cache_dir = cache_dir
         self._max_delay_ms = max_delay_ms
-        self.cores = cores or usable_cores()
+        self.cores = usable_cores()
+        self._digest: str | None = None
 
     async def choose(self, fresh: bool = False) -> Choice:
         """The layout to serve with: the cached one unless ``fresh``, else measured (and then
@@ -266,10 +266,11 @@ class Tuner:
 
     def cache_key(self) -> dict[str, Any]:
         """What the choice depends on: the model, its settings, the machine, modelhost."""
+        if self._digest is None:  # read the model file once (it may be hundreds of MB)
+            self._digest = file_digest(self.spec.path)
         config = hashlib.sha256(repr(self.spec.config).encode()).hexdigest()[:16]
-        return {"model_sha256": file_digest(self.spec.path), "config": config,
-                "pinned": self.pins.key(), "cores": self.cores, "cpu": cpu_model(),
-                "modelhost": __version__}
+        return {"model_sha256": self._digest, "config": config, "pinned": self.pins.key(),
+                "cores": self.cores, "cpu": cpu_model(), "modelhost": __version__}
 
     def cache_path(self, key: dict[str, Any]) -> Path:
         name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
