@@ -1,5 +1,6 @@
 """The composition root: settings → repository → worker pools → batchers → registry →
-predictor → app.
+predictor → app → :class:`~modelhost.application.Application` (``build``), which starts and
+stops them in one order.
 
 Every long-lived object is built here, once, and handed to the objects that use it.
 """
@@ -12,13 +13,14 @@ import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from .access.keys import KeyRing
 from .access.limits import Limiter, limiter_for
+from .application import Application, Core
 from .batching.batcher import Batcher
 from .demo import DEMO_DIR, imagenet_available
 from .download import fetch_model
@@ -43,6 +45,9 @@ from .settings import ConfigError, Settings
 from .types import ModelSpec, RuntimeOptions
 from .watch import RepositoryWatcher
 from .workers.pool import ModelPool
+
+if TYPE_CHECKING:
+    from .grpc_server import GrpcServer
 
 log = logging.getLogger("modelhost")
 
@@ -161,15 +166,6 @@ def _refresh_config(target: Path) -> None:
         config.write_text(TOML)
 
 
-@dataclass(frozen=True)
-class Core:
-    """The long-lived objects every transport shares: one registry, one predictor."""
-
-    registry: Registry
-    predictor: Predictor
-    metrics: Metrics
-
-
 def build_core(settings: Settings, specs: list[ModelSpec]) -> Core:
     registry = Registry([_served_model(spec, settings) for spec in specs],
                         keep_going=settings.keep_going)
@@ -239,14 +235,12 @@ class _Door:
         return cls(keys, limiter_for(settings))
 
 
-def _app(core: Core, settings: Settings, door: _Door) -> FastAPI:
-    reloader = _reloader(settings, core.registry)
+def _app(core: Core, settings: Settings, door: _Door, control: ModelControl | None) -> FastAPI:
     return create_app(core.registry, core.predictor, core.metrics, settings, keys=door.keys,
-                      limiter=door.limiter, watcher=_watcher(settings, core.registry, reloader),
-                      control=_control(settings, core.registry, reloader))
+                      limiter=door.limiter, control=control)
 
 
-def _grpc(core: Core, settings: Settings, door: _Door):
+def _grpc(core: Core, settings: Settings, door: _Door) -> GrpcServer | None:
     """The gRPC endpoint when a port is set (grpcio loads only then)."""
     if settings.grpc_port is None:
         return None
@@ -257,31 +251,37 @@ def _grpc(core: Core, settings: Settings, door: _Door):
                       guard=Guard(door.keys, door.limiter, settings.protect_ops))
 
 
-def build_server(settings: Settings, loop: str = "uvloop") -> tuple[Server, Core]:
-    """The HTTP (and gRPC) server for ``settings``, not yet running, and the core it serves
-    (``serve`` runs it in the main thread; tests may run it in another)."""
-    core = build_core(settings, model_specs(settings))
-    door = _Door.of(settings)
+def _http(core: Core, settings: Settings, app: FastAPI, loop: str) -> Server:
     protocol = http_protocol(settings)
     config = uvicorn.Config(
-        _app(core, settings, door), host=settings.host, port=settings.port, loop=loop,
-        http=protocol, lifespan="on", log_config=None,
-        access_log=settings.access_log,
+        app, host=settings.host, port=settings.port, loop=loop, http=protocol,
+        lifespan="off",  # application.py starts and stops what the app serves
+        log_config=None, access_log=settings.access_log,
         # uvicorn hints an int; it hands the value to asyncio.wait_for, which takes seconds as float
         timeout_graceful_shutdown=max(1.0, settings.drain_grace),  # type: ignore[arg-type]
         server_header=False,
     )
-    server = Server(config, core.registry, grace=settings.drain_grace,
-                    grpc=_grpc(core, settings, door), guard=protocol.guard)
-    return server, core
+    return Server(config, core.registry, guard=protocol.guard)
+
+
+def build(settings: Settings, loop: str = "uvloop") -> Application:
+    """The application for ``settings``, not yet started (``serve`` runs it in the main
+    thread; tests may run it in another)."""
+    core = build_core(settings, model_specs(settings))
+    door = _Door.of(settings)
+    reloader = _reloader(settings, core.registry)
+    app = _app(core, settings, door, _control(settings, core.registry, reloader))
+    return Application(core, _http(core, settings, app, loop), grpc=_grpc(core, settings, door),
+                       watcher=_watcher(settings, core.registry, reloader),
+                       grace=settings.drain_grace)
 
 
 def serve(settings: Settings) -> int:
     """Run the server until it is stopped; the process exit status."""
-    server, core = build_server(settings)
-    server.run()
-    if core.registry.lifecycle.fatal:
+    application = build(settings)
+    application.run()
+    if application.core.registry.lifecycle.fatal:
         # the failure itself was logged, once, as it happened
         log.info("stopping: a model did not load (--keep-going serves the others)")
         return 1
-    return 0 if server.started else 1
+    return 0 if application.started else 1
