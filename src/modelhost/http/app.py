@@ -33,7 +33,7 @@ from .responses import JSON
 
 if TYPE_CHECKING:
     from ..access.keys import KeyRing
-    from ..model_control import ModelControl
+    from ..supply.control import ModelControl
 
 
 def create_app(registry: Registry, predictor: Predictor, metrics: Metrics, settings: Settings, *,

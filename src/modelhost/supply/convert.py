@@ -10,7 +10,7 @@ probabilities differ by at most :data:`MAX_ABS_DIFF` and every sample's top-1 cl
 
 A conversion runs once per source file: the result is cached under ``cache_dir/onnx/`` by the
 SHA-256 of the source's bytes (and the options that shape it). It runs in a subprocess
-(``python -m modelhost.runtimes.convert``) so that TensorFlow or torch never load in the server
+(``python -m modelhost.supply.convert``) so that TensorFlow or torch never load in the server
 process. When it fails, the native runtime serves and the reason is logged and shown on
 ``/api/models/{model}``; ``--runtime onnx`` makes the failure fatal instead, ``--runtime native``
 skips the conversion.
@@ -131,7 +131,7 @@ def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float) -> dic
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "modelhost.runtimes.convert", str(work)],
+            [sys.executable, "-m", "modelhost.supply.convert", str(work)],
             input=pickle.dumps(spec), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             timeout=timeout, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
@@ -178,8 +178,8 @@ def _report_file(folder: Path, name: str = "report.json") -> dict | None:
 def convert(spec: ModelSpec, out: Path) -> dict:
     """Convert ``spec`` into ``out/model.onnx`` and verify it; the report (also written)."""
     from ..preprocessing import resolve
-    from .base import ModelFileError, UntrustedCode, first_line, load_runtime
-    from .onnx import OnnxRuntime
+    from ..runtimes.base import ModelFileError, UntrustedCode, first_line, load_runtime
+    from ..runtimes.onnx import OnnxRuntime
 
     started = time.perf_counter()
     try:
@@ -296,7 +296,7 @@ def _export_savedmodel(source, prep: Preprocessing, path: Path) -> None:
 def _export_frozen(source, prep: Preprocessing, path: Path) -> None:
     import tf2onnx
 
-    from .tensorflow import read_graph_def
+    from ..runtimes.tensorflow import read_graph_def
 
     graph_def = read_graph_def(source.path)
     with warnings.catch_warnings():

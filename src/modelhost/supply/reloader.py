@@ -1,5 +1,5 @@
 """Reloading models while serving: the one place that turns a repository entry into a served
-model after start-up, for ``--watch`` (watch.py) and V2 model control (model_control.py) alike.
+model after start-up, for ``--watch`` (watch.py) and V2 model control (control.py) alike.
 
     scan the repository → prepare (convert when the format needs it, in a thread)
     → build a ServedModel (its own pool and batcher) → Registry.swap / Registry.remove
@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .registry import Registry, ServedModel
-from .types import ModelSpec
+from ..registry import Registry, ServedModel
+from ..types import ModelSpec
 
 
 class Reloader:
