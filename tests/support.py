@@ -1,7 +1,7 @@
 """Test support: start the real server, build small real models, make images.
 
-Nothing here mocks modelhost. ``serve_in_process`` builds the app with modelhost's composition
-root from ``modelhost serve`` flags and serves it with uvicorn in a thread, on 127.0.0.1 with a
+Nothing here mocks modelhost. ``serve_in_process`` builds the application with modelhost's
+composition root from ``modelhost serve`` flags and runs it in a thread, on 127.0.0.1 with a
 free port (most tests); ``start_server`` runs ``python -m modelhost.cli serve`` as a subprocess,
 for tests about the process itself (signals, kill -9, drain, exit codes). Either way models are
 real ONNX files run by ONNX Runtime in real worker processes, reached over real HTTP.
@@ -273,8 +273,9 @@ def settings_from_args(args: list[str], env: dict | None = None):
 
 
 class InProcessServer(_ServerLogFile):
-    """The real app, built by modelhost's composition root and served by uvicorn (with
-    modelhost's drain-aware Server) in a thread of the test process, on a free 127.0.0.1 port.
+    """The real application, built by modelhost's composition root (``assembly.build``) and
+    run as ``modelhost serve`` runs it (its one start and stop order), in a thread of the test
+    process, on a free 127.0.0.1 port.
 
     The same face as ``LiveServer`` (``url``, ``client``, ``log()``, ``wait_for_log()``,
     ``stop()``) and the same real worker processes, at a fraction of a subprocess's start-up

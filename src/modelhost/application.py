@@ -109,14 +109,17 @@ class Application:
         self._spawn("announce", self._announce(grpc_port))
 
     async def stop(self) -> None:
-        """Drain, then gRPC, HTTP, watcher, models and, last, the prediction log."""
-        if "http" in self._started:
+        """Drain, then gRPC, HTTP, watcher, models and, last, the prediction log. After a
+        failed start (a model that did not load or could not be supplied) nothing was served:
+        no drain, and no lines beside the one that says what failed."""
+        failed = self.registry.lifecycle.fatal is not None
+        if "http" in self._started and not failed:
             await self._drain()
         await self._cancel("announce")
         if "grpc" in self._started and self._grpc is not None:
             await self._grpc.stop(self._grace)
         if "http" in self._started:
-            await self.http.close()
+            await self.http.close(quiet=failed)
         await self._cancel("watcher")
         await self._cancel("models")
         await self.registry.stop()

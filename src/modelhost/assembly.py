@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,11 +30,11 @@ from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
 from .metrics import Metrics
 from .predictor import Predictor
-from .registry import Registry, ServedModel
+from .registry import Progress, Registry, ServedModel
 from .settings import ConfigError, Settings
 from .supply.control import ModelControl
 from .supply.reloader import Reloader
-from .supply.specs import model_specs, prepared, scan
+from .supply.specs import prepared, scan, sources
 from .supply.watch import RepositoryWatcher
 from .types import ModelSpec
 from .workers.pool import ModelPool
@@ -51,9 +52,8 @@ def _reloader(settings: Settings, registry: Registry) -> Reloader | None:
     if not (settings.watch or settings.model_control) or settings.models is None:
         return None  # --watch on the demos or a URL: nothing to watch
     root = settings.models
-    return Reloader(registry, scan=lambda: scan(root, settings),
-                    prepare=lambda spec: prepared(spec, settings),
-                    build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace)
+    return Reloader(registry, scan=lambda: scan(root, settings), supply=_Supply(settings),
+                    grace=settings.drain_grace)
 
 
 def _watcher(settings: Settings, registry: Registry,
@@ -71,9 +71,25 @@ def _control(settings: Settings, registry: Registry,
     return ModelControl(registry, reloader)
 
 
+@dataclass(frozen=True)
+class _Supply:
+    """The one way a model is supplied, at start (the registry) and on reloads (the
+    reloader): prepared by supply/ (converted, accelerated), then given its pool and batcher."""
+
+    settings: Settings
+
+    def prepare(self, spec: ModelSpec, progress: Callable[[Progress], None]) -> ModelSpec:
+        return prepared(spec, self.settings, progress)
+
+    def build(self, spec: ModelSpec) -> ServedModel:
+        return _served_model(spec, self.settings)
+
+
 def build_core(settings: Settings, specs: list[ModelSpec]) -> Core:
+    """The registry (of ``specs`` as given: each is prepared in the models' start) and the
+    predictor."""
     registry = Registry([_served_model(spec, settings) for spec in specs],
-                        keep_going=settings.keep_going)
+                        keep_going=settings.keep_going, supply=_Supply(settings))
     fetcher = (
         UrlFetcher(allow_private=settings.allow_private_urls, max_bytes=settings.url_max_bytes,
                    timeout=settings.url_timeout, max_redirects=settings.url_max_redirects)
@@ -172,7 +188,7 @@ def _http(core: Core, settings: Settings, app: FastAPI, loop: str) -> Server:
 def build(settings: Settings, loop: str = "uvloop") -> Application:
     """The application for ``settings``, not yet started (``serve`` runs it in the main
     thread; tests may run it in another)."""
-    core = build_core(settings, model_specs(settings))
+    core = build_core(settings, sources(settings))
     door = _Door.of(settings)
     reloader = _reloader(settings, core.registry)
     app = _app(core, settings, door, _control(settings, core.registry, reloader))
@@ -182,10 +198,14 @@ def build(settings: Settings, loop: str = "uvloop") -> Application:
 
 
 def serve(settings: Settings) -> int:
-    """Run the server until it is stopped; the process exit status."""
+    """Run the server until it is stopped; the process exit status (a model that could not
+    be supplied raises its StartupError once the server has stopped: one line, exit 2)."""
     application = build(settings)
     application.run()
-    if application.core.registry.lifecycle.fatal:
+    lifecycle = application.core.registry.lifecycle
+    if lifecycle.startup_error is not None:
+        raise lifecycle.startup_error
+    if lifecycle.fatal:
         # the failure itself was logged, once, as it happened
         log.info("stopping: a model did not load (--keep-going serves the others)")
         return 1

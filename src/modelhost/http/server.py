@@ -57,8 +57,9 @@ class Server(uvicorn.Server):
         if self._guard is not None:
             self._guard.draining = True
 
-    async def close(self) -> None:
-        """Stop listening and finish the open connections (uvicorn's shutdown)."""
+    async def close(self, quiet: bool = False) -> None:
+        """Stop listening and finish the open connections (uvicorn's shutdown; ``quiet``
+        without its "Shutting down" line)."""
         if self._guard is not None:
             self._guard.draining = self._guard.closing = True
         await self._accept_waiting()
@@ -69,7 +70,14 @@ class Server(uvicorn.Server):
         # reset" and "disconnected without a response"). One short pause lets each be read
         # and answered (503 draining, then the connection closes).
         await asyncio.sleep(0.05)
-        await self.shutdown()
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        level = uvicorn_log.level
+        if quiet:
+            uvicorn_log.setLevel(logging.WARNING)
+        try:
+            await self.shutdown()
+        finally:
+            uvicorn_log.setLevel(level)
 
     async def _accept_waiting(self, rounds: int = 100) -> None:
         """Let the loop accept the connections waiting in the listen backlog before the

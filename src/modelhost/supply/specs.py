@@ -1,11 +1,15 @@
 """What to serve: the model file or folder given, a model URL (downloaded first) or the demos,
-read into ModelSpecs with the server's runtime options, and each prepared (converted, then
-accelerated) as the server will serve it."""
+read into ModelSpecs with the server's runtime options (:func:`sources`, quick: the server
+reads them before its port opens), and each prepared — converted, then accelerated — as the
+server will serve it (:func:`prepared`, slow: the registry runs it in the models' start, after
+the port has opened, and ``modelhost prepare`` ahead of time)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..repository import load_repository
 from ..settings import Settings
@@ -15,13 +19,19 @@ from .convert import prepare
 from .demo import demo_specs
 from .download import fetch_model
 
+if TYPE_CHECKING:
+    from ..registry import Progress
+
 
 def model_specs(settings: Settings) -> list[ModelSpec]:
-    """The models to serve: the given file or folder, or the demo models."""
+    """The models to serve, prepared: what ``modelhost prepare`` converts ahead of time."""
+    return [prepared(s, settings) for s in sources(settings)]
+
+
+def sources(settings: Settings) -> list[ModelSpec]:
+    """The models to serve as given, not yet prepared: the file or folder, or the demos."""
     root = model_root(settings)
-    if root is None:
-        return [accelerated(s, s, settings) for s in demo_specs(settings.cache_dir)]
-    return [prepared(s, settings) for s in scan(root, settings)]
+    return demo_specs(settings.cache_dir) if root is None else scan(root, settings)
 
 
 def model_root(settings: Settings) -> Path | None:
@@ -38,6 +48,9 @@ def scan(root: Path, settings: Settings) -> list[ModelSpec]:
                                                                    settings.pipeline)]
 
 
-def prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:
-    return accelerated(spec, prepare(spec, settings.cache_dir, settings.convert_timeout),
-                        settings)
+def prepared(spec: ModelSpec, settings: Settings,
+             progress: Callable[[Progress], None] | None = None) -> ModelSpec:
+    """``spec`` as it will be served: converted when its format needs it (``progress`` hears
+    when a conversion starts), then with its providers and precision."""
+    return accelerated(spec, prepare(spec, settings.cache_dir, settings.convert_timeout,
+                                     progress), settings)
