@@ -27,6 +27,7 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
         "default_crop": prep.default_crop if prep else model.spec.config.default_crop,
         "input": _input(model),
         "workers_ready": model.workers_ready,
+        "layout": {**model.pool.layout, **model.batcher.layout},
         "precision": model.spec.config.precision,
         "providers": model.providers,
     }
