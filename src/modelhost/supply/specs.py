@@ -16,7 +16,7 @@ from ..settings import Settings
 from ..types import ModelSpec, RuntimeOptions
 from .accelerate import accelerated
 from .convert import prepare
-from .demo import demo_specs
+from .demo import UNCONVERTED, converted, demo_specs
 from .download import fetch_model
 
 if TYPE_CHECKING:
@@ -52,5 +52,9 @@ def prepared(spec: ModelSpec, settings: Settings,
              progress: Callable[[Progress], None] | None = None) -> ModelSpec:
     """``spec`` as it will be served: converted when its format needs it (``progress`` hears
     when a conversion starts), then with its providers and precision."""
+    if spec.format == UNCONVERTED:  # the imagenet demo's first start
+        spec = converted(spec, settings.convert_timeout, progress)
+        if spec.problem:
+            return spec
     return accelerated(spec, prepare(spec, settings.cache_dir, settings.convert_timeout,
                                      progress), settings)
