@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from modelhost.tuning import (
 )
 from modelhost.types import ModelConfig
 
-from .support import rgb_model, serve_in_process
+from .support import rgb_model, serve_in_process, wait_until_ready
 
 PINNED_TOML = "[workers]\nreplicas = 1\nthreads = 1\n[batching]\nmax_batch_size = 2\n"
 
@@ -168,8 +169,16 @@ def test_server_tunes_at_first_start_and_uses_the_cache_after(tmp_path):
     args = [str(repo), "--cache-dir", str(tmp_path / "cache"), "--tune-budget", "10"]
     env = {"MODELHOST_TUNE": "1"}
 
-    first = serve_in_process(args, tmp_path, env=env)
+    first = serve_in_process(args, tmp_path, env=env, wait_ready=False)
     try:
+        # the port is open while the layout is measured; /readyz says so
+        deadline = time.monotonic() + 60
+        while (readiness := first.client.get("/readyz").json())["models"]["free"].get(
+                "progress", {}).get("stage") != "measuring the layout":
+            assert time.monotonic() < deadline and not readiness["ready"], readiness
+            time.sleep(0.05)
+        assert readiness["models"]["free"]["state"] == "loading"
+        wait_until_ready(first)
         free = first.client.get("/api/models/free").json()
         pinned = first.client.get("/api/models/pinned").json()
         log = first.log()

@@ -36,7 +36,8 @@ def tune(
         settings = settings.model_copy(update={"cache_dir": cache_dir})
     logs.configure("warning", "text")
     confine_frameworks(settings.cache_dir)
-    from ..assembly import model_specs, tuner_for  # fastapi and the runtimes load only here
+    from ..assembly import tuner_for  # fastapi and the runtimes load only here
+    from ..supply.specs import model_specs  # what serve supplies, converted the same way
 
     try:
         specs = [s for s in model_specs(settings) if model is None or s.name == model]
