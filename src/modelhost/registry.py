@@ -191,8 +191,8 @@ class Registry:
     async def start(self) -> None:
         """Supply each model (convert it when it needs it; one conversion at a time, in
         repository order, as ``modelhost prepare`` does), choose its layout (cached, or
-        measured: one model at a time, while no conversion or other measurement runs) and load
-        it in its workers; a failure is fatal unless ``keep_going``."""
+        measured: one model at a time, never beside a conversion) and load it in its workers;
+        a failure is fatal unless ``keep_going``."""
         loads = []
         try:
             for model in list(self._models.values()):
