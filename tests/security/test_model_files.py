@@ -249,7 +249,7 @@ def _wait_settled(server, timeout: float = 180) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         models = {m["name"]: m for m in server.client.get("/api/models").json()["models"]}
-        if all(m["state"] != "loading" for m in models.values()):
+        if all(m["state"] not in ("loading", "converting") for m in models.values()):
             return models
         time.sleep(0.2)
     raise AssertionError(f"models still loading:\n{server.log()}")
