@@ -81,6 +81,7 @@ def test_winner_is_the_best_throughput_within_the_latency_bound():
 
 # -- measuring with real pools ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_measures_within_the_budget_then_the_cache_measures_nothing(tmp_path):
     folder = tmp_path / "rgb"
     rgb_model(folder)
@@ -147,6 +148,7 @@ def test_a_layout_that_fails_to_start_is_skipped_with_its_reason(tmp_path):
     assert not (tmp_path / "cache" / "tuning").exists()
 
 
+@pytest.mark.slow
 def test_only_the_open_values_are_measured(tmp_path):
     folder = tmp_path / "rgb"
     rgb_model(folder, toml="[workers]\nthreads = 1\n")
@@ -162,6 +164,7 @@ def test_only_the_open_values_are_measured(tmp_path):
 
 # -- a real server -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_server_tunes_at_first_start_and_uses_the_cache_after(tmp_path):
     repo = tmp_path / "repo"
     rgb_model(repo / "free")

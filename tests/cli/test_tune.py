@@ -8,10 +8,13 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from ..support import rgb_model
 from .test_cli import CLI, run
 
 
+@pytest.mark.slow
 def test_tune_prints_every_layout_and_caches_the_choice(tmp_path):
     repo = tmp_path / "repo"
     rgb_model(repo / "free")
