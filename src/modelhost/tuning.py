@@ -244,13 +244,14 @@ class Tuner:
         layouts = candidates(self.cores, self.pins)
         log.info("model %s: measuring %d layouts (budget %g s; serve --no-tune skips this)",
                  self.spec.name, len(layouts), self.budget)
+        load = os.getloadavg()[0]  # before measuring: the others' work, not ours
         started = time.perf_counter()
         measurements, phases = await _Measure(self, layouts).run()
         seconds = time.perf_counter() - started
-        if (load := os.getloadavg()[0]) > self.cores:  # others' work moved every figure
-            log.warning("model %s: the machine was busy while measuring (load average %.1f on "
-                        "%d cores): the choice may not hold; `modelhost tune` measures again",
-                        self.spec.name, load, self.cores)
+        if load > self.cores:  # others' work moved every figure
+            log.warning("model %s: the machine was busy when measuring began (load average "
+                        "%.1f on %d cores): the choice may not hold; `modelhost tune` measures "
+                        "again", self.spec.name, load, self.cores)
         best = winner(measurements)
         if best is None:
             reasons = sorted({m.skipped for m in measurements if m.skipped})
@@ -301,7 +302,6 @@ class Tuner:
         record = {"key": key, "layout": asdict(choice.layout),
                   "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                   "seconds": round(choice.seconds, 2), "budget": self.budget,
-                  "load_average": round(os.getloadavg()[0], 2),
                   "measurements": [m.row() for m in choice.measurements]}
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
