@@ -35,7 +35,7 @@ from .model_control import ModelControl
 from .predictor import Predictor
 from .registry import Registry, ServedModel
 from .reloader import Reloader
-from .repository import load_repository
+from .repository import each_version, load_repository
 from .runtimes import providers
 from .runtimes.convert import prepare
 from .runtimes.quantize import int8_spec
@@ -52,7 +52,7 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
     root = model_root(settings)
     if root is None:
         return [accelerated(s, s, settings) for s in demo_specs(settings.cache_dir)]
-    return [_prepared(s, settings) for s in _scan(root, settings)]
+    return [_prepared_versions(s, settings) for s in _scan(root, settings)]
 
 
 def model_root(settings: Settings) -> Path | None:
@@ -65,8 +65,15 @@ def model_root(settings: Settings) -> Path | None:
 def _scan(root: Path, settings: Settings) -> list[ModelSpec]:
     options = RuntimeOptions(settings.runtime, settings.trust_model_code, settings.input_name,
                              settings.output_name)
-    return [replace(s, options=options) for s in load_repository(root, settings.format,
-                                                                   settings.pipeline)]
+    return [replace(s, options=options, others=tuple(replace(o, options=options)
+                                                     for o in s.others))
+            for s in load_repository(root, settings.format, settings.pipeline)]
+
+
+def _prepared_versions(spec: ModelSpec, settings: Settings) -> ModelSpec:
+    """``spec`` and each of its other served versions prepared (converted where needed)."""
+    return replace(_prepared(spec, settings),
+                   others=tuple(_prepared(o, settings) for o in spec.others))
 
 
 def _prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:
@@ -171,7 +178,8 @@ class Core:
 
 
 def build_core(settings: Settings, specs: list[ModelSpec]) -> Core:
-    registry = Registry([_served_model(spec, settings) for spec in specs],
+    registry = Registry([_served_model(version, settings)
+                         for spec in specs for version in each_version(spec)],
                         keep_going=settings.keep_going)
     fetcher = (
         UrlFetcher(allow_private=settings.allow_private_urls, max_bytes=settings.url_max_bytes,

@@ -1,7 +1,8 @@
 """The one request path: every protocol's rows go through :meth:`Predictor._run`.
 
     admit (not draining) → deadline → [native: read the source]
-    → _run: served model → header check (format, pixel cap, crop point) → poison quarantine
+    → _run: served version (named, labelled, or chosen by the model's routing)
+      → header check (format, pixel cap, crop point) → poison quarantine
       → the model's batcher → worker (decode, preprocess, runtime) → NaN/Inf check
       → probabilities + top-k → metrics, the per-prediction log line, the prediction record
 
@@ -19,7 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,17 +50,33 @@ class PredictRequest:
     top_k: int | None = None
     client: str | None = None  # the API key's name, for the prediction log
     bench: bool = False  # load-test traffic (X-Modelhost-Bench): stored marked as such
+    version: str | None = None  # the version the path names (/versions/{v}), if any
+    label: str | None = None  # the version label the path names (/labels/{label}), if any
+    peer: str | None = None  # the client's address: sticky routing without an API key
 
 
 @dataclass(frozen=True)
 class Call:
-    """Who is asking and until when: the same for every row of one request."""
+    """Who is asking and until when, and which version: the same for every row of one
+    request."""
 
     deadline: float
     request_id: str
     client: str | None = None
     top_k: int | None = None
     bench: bool = False  # load-test traffic (X-Modelhost-Bench): stored marked as such
+    version: str | None = None  # named by the request; None: the model's routing chooses
+    label: str | None = None
+    peer: str | None = None  # the client's address
+
+    @property
+    def routing_key(self) -> str | None:
+        """Who the client is for sticky routing: its API key's name, else its address."""
+        return self.client or self.peer
+
+    def on(self, model: ServedModel) -> Call:
+        """This call pinned to ``model``'s version: the rows run where the adapter looked."""
+        return replace(self, version=model.spec.version, label=None)
 
 
 @dataclass(frozen=True)
@@ -94,9 +111,10 @@ class Predictor:
     async def predict(self, name: str, request: PredictRequest, deadline: float,
                       request_id: str) -> Prediction:
         """One image named by a native request through one model."""
-        call = Call(deadline, request_id, request.client, request.top_k, request.bench)
+        call = Call(deadline, request_id, request.client, request.top_k, request.bench,
+                    request.version, request.label, request.peer)
         with self._admitted():
-            self._registry.served(name)  # 404/503 before the source is read
+            call = call.on(self._served(name, call))  # 404/503 before the source is read
             started = time.perf_counter()
             async with _deadline(deadline):
                 data, fetch_ms = await self._fetch(request.source)
@@ -107,7 +125,8 @@ class Predictor:
     async def predict_many(self, names: list[str], request: PredictRequest, deadline: float,
                            request_id: str) -> dict[str, Prediction | ModelhostError]:
         """One image through several models in parallel; each fails on its own."""
-        call = Call(deadline, request_id, request.client, request.top_k, request.bench)
+        call = Call(deadline, request_id, request.client, request.top_k, request.bench,
+                    peer=request.peer)
         with self._admitted():
             started = time.perf_counter()
             async with _deadline(deadline):
@@ -119,12 +138,18 @@ class Predictor:
             )
         return {n: _as_outcome(r) for n, r in zip(names, results, strict=True)}
 
-    async def infer(self, name: str, rows: list[Row], call: Call) -> Inference:
-        """Rows of one tensor-protocol request (V2, TF Serving, gRPC) through one model: each
-        row joins the batcher on its own, so these requests batch with every other; a failing
-        row fails the request (the protocols have no per-row errors)."""
+    async def infer(self, model: ServedModel, rows: list[Row], call: Call) -> Inference:
+        """Rows of one tensor-protocol request (V2, TF Serving, gRPC) through the served
+        version the adapter looked up (with :meth:`served`, to read its input) and made the
+        rows for: each row joins the batcher on its own, so these requests batch with every
+        other; a failing row fails the request (the protocols have no per-row errors)."""
         with self._admitted():
-            return await self._run_in_time(name, rows, call, time.perf_counter(), 0.0)
+            return await self._run_in_time(model.spec.name, rows, call.on(model),
+                                           time.perf_counter(), 0.0)
+
+    def served(self, name: str, call: Call) -> ServedModel:
+        """The served version a call goes to (the one lookup every protocol makes)."""
+        return self._served(name, call)
 
     # -- the run step ----------------------------------------------------------------------
 
@@ -136,7 +161,7 @@ class Predictor:
     async def _run(self, name: str, rows: list[Row], call: Call, started: float,
                    fetch_ms: float) -> Inference:
         """The one run step: check every row, batch them, check and record every result."""
-        model = self._registry.served(name)  # again: --watch may have swapped it meanwhile
+        model = self._served(name, call)  # again: --watch may have swapped it meanwhile
         try:
             for data, region in rows:  # every row is checked before any row queues
                 if isinstance(region, Region):
@@ -176,6 +201,10 @@ class Predictor:
         return prediction
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _served(self, name: str, call: Call) -> ServedModel:
+        return self._registry.served(name, call.version, label=call.label,
+                                     client=call.routing_key)
 
     async def _fetch(self, source: Source) -> tuple[bytes, float]:
         started = time.perf_counter()
