@@ -10,6 +10,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from modelhost.repository import RepositoryError, load_repository
+from modelhost.routing import choose
 
 from ..support import free_port, rgb_model, serve_in_process, solid
 
@@ -215,3 +216,10 @@ def test_versions_section_only_beside_version_folders(tmp_path):
     rgb_model(tmp_path / "flat", toml='[versions]\nserve = "all"\n')
     with pytest.raises(RepositoryError, match=r"\[versions\] belongs in the modelhost.toml"):
         load_repository(tmp_path / "flat")
+
+
+def test_default_version_answers_unnamed_requests(tmp_path):
+    two_versions(tmp_path / "m", '[versions]\nserve = "all"\ndefault = "1"\n')
+    [spec] = load_repository(tmp_path / "m")
+    assert spec.policy is not None and spec.policy.default == "1"
+    assert choose(spec.policy, None) == "1" and choose(spec.policy, "anyone") == "1"
