@@ -61,6 +61,12 @@ class Batcher:
     def depth(self) -> int:
         return len(self._items)
 
+    @property
+    def half_full(self) -> bool:
+        """Half the queue is taken: shadow traffic is dropped from here on, so that it never
+        takes the places answered requests need."""
+        return len(self._items) * 2 >= self._max_queue
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._dispatch_forever())
 

@@ -107,8 +107,10 @@ class PredictionLog:
     # -- the request path -------------------------------------------------------------------
 
     def record(self, p: Prediction, *, data: bytes, sha256: str, region: Region,
-               client: str | None, request_id: str, bench: bool = False) -> None:
-        """Log one prediction: one journal append, nothing waits for the database."""
+               client: str | None, request_id: str, bench: bool = False,
+               shadow_of: str | None = None) -> None:
+        """Log one prediction: one journal append, nothing waits for the database.
+        ``shadow_of``: this is a shadow version's prediction for that answered one."""
         labels = [lab.label for lab in p.labels]
         t = p.timings
         self.journal.append({
@@ -119,8 +121,10 @@ class PredictionLog:
             "decode_ms": t.decode, "queue_ms": t.queue, "inference_ms": t.inference,
             "total_ms": t.total, "batch_size": p.batch_size, "client": client,
             "request_id": request_id, **({"bench": True} if bench else {}),
+            **({"shadow_of": shadow_of} if shadow_of else {}),
         })
-        self._remember(p.id, Logged(p.model, p.version, tuple(labels)))
+        if shadow_of is None:  # a shadow's id is never returned: no feedback can name it
+            self._remember(p.id, Logged(p.model, p.version, tuple(labels)))
         if self._images is not None:
             self._pending_images[sha256] = data
 

@@ -44,7 +44,11 @@ predictions = Table(
     Column("request_id", String(64)),
     # load-test traffic (X-Modelhost-Bench): kept, left out of accuracy and feedback figures
     Column("bench", Boolean, nullable=False, server_default=false()),
+    # a shadow version's prediction ([versions] shadow): the answered prediction's id; never
+    # returned, left out of every figure but the shadow agreement
+    Column("shadow_of", String(32)),
     Index("ix_predictions_model_created", "model", "created_at"),
+    Index("ix_predictions_shadow_of", "shadow_of"),
     Index("ix_predictions_created", "created_at"),
 )
 

@@ -73,9 +73,11 @@ class Store:
                     conn.execute(self._feedback_upsert(), _last_per_prediction(run))
 
     def prediction(self, prediction_id: str) -> dict | None:
-        """The stored prediction's model, version and labels, or None."""
+        """The stored answered prediction's model, version and labels, or None (a shadow
+        prediction was never returned, so no feedback can be about it)."""
         query = select(predictions.c.model, predictions.c.version, predictions.c.labels,
-                       predictions.c.top1).where(predictions.c.id == prediction_id)
+                       predictions.c.top1).where(predictions.c.id == prediction_id,
+                                                 predictions.c.shadow_of.is_(None))
         with _available(), self.engine.connect() as conn:
             row = conn.execute(query).first()
         return row._asdict() if row else None
@@ -206,7 +208,8 @@ class _available:
 
 
 def _window(query, model: str, since, until, version):
-    query = query.where(predictions.c.model == model)
+    """Answered predictions of ``model`` in the window (shadow predictions never count)."""
+    query = query.where(predictions.c.model == model, predictions.c.shadow_of.is_(None))
     if since is not None:
         query = query.where(predictions.c.created_at >= since)
     if until is not None:
@@ -234,6 +237,7 @@ def _prediction_row(r: dict) -> dict:
         "queue_ms": r["queue_ms"], "inference_ms": r["inference_ms"], "total_ms": r["total_ms"],
         "batch_size": r["batch_size"], "client": r.get("client"),
         "request_id": r.get("request_id"), "bench": bool(r.get("bench", False)),
+        "shadow_of": r.get("shadow_of"),
     }
 
 
