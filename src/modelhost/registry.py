@@ -101,6 +101,7 @@ class Registry:
         self._models: dict[str, ServedModel] = {}  # each model's highest served version
         self._others: dict[str, dict[str, ServedModel]] = {}  # its other served versions
         self._policies: dict[str, VersionPolicy] = {}
+        self._earlier: dict[str, list[VersionPolicy]] = {}  # replaced at run time, for rollback
         for model in sorted(models, key=lambda m: int(m.spec.version)
                             if m.spec.version.isdigit() else 0):
             self._add(model)
@@ -194,6 +195,29 @@ class Registry:
             for n, m in self._models.items()
         ]
 
+    # -- routing at run time ---------------------------------------------------------------
+
+    def reroute(self, name: str, policy: VersionPolicy) -> VersionPolicy:
+        """Route requests for ``name`` by ``policy`` from now on; the policy it replaced (kept
+        for :meth:`rollback`). One assignment: each request looks its policy up once, so a
+        request in flight finishes on the version it was given and none fails."""
+        previous = self.policy(name)
+        self._policies[name] = policy
+        self._earlier.setdefault(name, []).append(previous)
+        return previous
+
+    def earlier(self, name: str) -> VersionPolicy | None:
+        """The policy the last run-time change replaced (None: no change since start)."""
+        self.model(name)
+        earlier = self._earlier.get(name)
+        return earlier[-1] if earlier else None
+
+    def rollback(self, name: str) -> VersionPolicy:
+        """Go back to the policy before the last run-time change; returns the one undone."""
+        undone = self.policy(name)
+        self._policies[name] = self._earlier[name].pop()
+        return undone
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -229,6 +253,7 @@ class Registry:
         old = self._models.pop(name, None)
         others = self._others.pop(name, {})
         self._policies.pop(name, None)
+        self._earlier.pop(name, None)
         for model in [*others.values(), *([old] if old is not None else [])]:
             model.state = ModelState.REMOVED
             await self._retire(model, grace)

@@ -140,3 +140,42 @@ def _point(client: str) -> float:
     """A client's fixed point in [0, 1): the same in every process and after restarts."""
     digest = hashlib.blake2b(client.encode(), digest_size=8).digest()
     return int.from_bytes(digest) / 2**64
+
+
+# -- changes at run time (PUT /api/models/{m}/routing, `modelhost route`) ------------------------
+
+CHANGE_KEYS = ("default", "split", "sticky", "shadow")
+
+
+def changed(policy: VersionPolicy, change: dict[str, Any]) -> VersionPolicy:
+    """``policy`` with the keys of ``change`` (any of :data:`CHANGE_KEYS`; ``split`` ``{}`` or
+    ``shadow`` ``null`` turn them off), checked as start-up checks ``[versions]``."""
+    unknown = set(change) - set(CHANGE_KEYS)
+    if unknown or not change:
+        raise PolicyError(f"change one or more of {list(CHANGE_KEYS)}, or send "
+                          '{"promote": VERSION} or {"rollback": true}'
+                          + (f"; unknown: {sorted(unknown)}" if unknown else ""))
+    served = policy.served
+    default = (_version(change["default"], served, "default") if "default" in change
+               else policy.default)
+    split = (split_of(change["split"] or {}, served) if "split" in change else policy.split)
+    shadow = (_shadow(change["shadow"], served, default) if "shadow" in change
+              else _shadow(policy.shadow, served, default))
+    sticky = _flag(change["sticky"], "sticky") if "sticky" in change else policy.sticky
+    return VersionPolicy(served=served, default=default, labels=policy.labels, split=split,
+                         sticky=sticky, shadow=shadow)
+
+
+def promoted(policy: VersionPolicy, version: Any) -> VersionPolicy:
+    """Every request that names no version to ``version`` from now on: the default, no split,
+    no shadow of itself."""
+    target = _version(version, policy.served, "promote")
+    return VersionPolicy(served=policy.served, default=target, labels=policy.labels,
+                         sticky=policy.sticky,
+                         shadow=None if policy.shadow == target else policy.shadow)
+
+
+def as_json(policy: VersionPolicy) -> dict[str, Any]:
+    """A routing policy as JSON: the default version, labels, split, stickiness, shadow."""
+    return {"default": policy.default, "labels": dict(policy.labels),
+            "split": dict(policy.split), "sticky": policy.sticky, "shadow": policy.shadow}

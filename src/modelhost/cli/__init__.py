@@ -1,4 +1,4 @@
-"""The ``modelhost`` command: serve, predict, inspect, prepare, bench, report, optimize. Each
+"""The ``modelhost`` command: serve, predict, inspect, prepare, bench, report, route, optimize. Each
 command parses its flags and calls library code; nothing else here."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from .local import inspect, predict
 from .optimize import optimize
 from .prepare import prepare
 from .report import report
+from .route import route
 from .serve import serve
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.command()(inspect)
 app.command()(prepare)
 app.command()(bench)
 app.command()(report)
+app.command()(route)
 app.command()(optimize)
 app.add_typer(keys, name="keys")
 

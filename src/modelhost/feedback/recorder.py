@@ -18,15 +18,19 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..errors import InternalError, NotFound, Unavailable
 from ..types import Prediction, Region
 from . import journal as journal_files
 from .journal import Journal
 from .store import Store, StoreUnavailable
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("modelhost.feedback")
 
@@ -168,6 +172,26 @@ class PredictionLog:
         if segment in self._rejected:
             raise InternalError("the database refused the feedback")
         return self._stored_through >= segment
+
+    async def record_routing(self, change: dict) -> None:
+        """Store a run-time routing change now (not through the journal: the caller changes
+        routing only once it is stored); 503 ``db_unavailable`` when it cannot be."""
+        await self._in_store(self.store.record_routing, change)
+
+    async def routing_history(self, model: str) -> list[dict]:
+        """The model's routing changes, newest first."""
+        return await self._in_store(self.store.routing_history, model)
+
+    async def _in_store(self, function: Callable[..., _T], *args: Any) -> _T:
+        def run() -> _T:
+            self._ensure_schema()
+            return function(*args)
+
+        try:
+            return await asyncio.to_thread(run)
+        except StoreUnavailable:
+            raise Unavailable("the prediction log database is unavailable", "db_unavailable",
+                              retry_after=5.0) from None
 
     # -- the writer -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The two tables. Migrations (``migrations/versions``) create exactly these; a test checks it."""
+"""The tables. Migrations (``migrations/versions``) create exactly these; a test checks it."""
 
 from __future__ import annotations
 
@@ -62,4 +62,17 @@ feedback = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("client", String(128)),
+)
+
+routing_changes = Table(
+    "routing_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("action", String(16), nullable=False),  # set | promote | rollback
+    Column("routing", JSON, nullable=False),  # the routing from then on
+    Column("previous", JSON, nullable=False),  # the routing it replaced
+    Column("client", String(128)),  # the API key's name, never the secret
+    Index("ix_routing_changes_model_created", "model", "created_at"),
 )

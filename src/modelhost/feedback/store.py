@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ..errors import StartupError
-from .schema import feedback, predictions
+from .schema import feedback, predictions, routing_changes
 
 log = logging.getLogger("modelhost.feedback")
 
@@ -71,6 +71,21 @@ class Store:
                     conn.execute(self._prediction_insert(), [_prediction_row(r) for r in run])
                 else:
                     conn.execute(self._feedback_upsert(), _last_per_prediction(run))
+
+    def record_routing(self, change: dict) -> None:
+        """Store one run-time routing change (``routing_changes`` columns)."""
+        with _available(), self.engine.begin() as conn:
+            conn.execute(routing_changes.insert(), [change])
+
+    def routing_history(self, model: str, limit: int = 100) -> list[dict]:
+        """The model's routing changes, newest first."""
+        query = (select(routing_changes).where(routing_changes.c.model == model)
+                 .order_by(routing_changes.c.id.desc()).limit(limit))
+        with _available(), self.engine.connect() as conn:
+            rows = [row._asdict() for row in conn.execute(query)]
+        for row in rows:
+            row["created_at"] = _aware(row["created_at"])
+        return rows
 
     def prediction(self, prediction_id: str) -> dict | None:
         """The stored answered prediction's model, version and labels, or None (a shadow

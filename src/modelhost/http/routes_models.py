@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..registry import RegistryView, ServedModel
-from ..types import Drift, VersionPolicy
+from ..routing import as_json
+from ..types import Drift
 from .schemas import ERRORS, ModelDetail, ModelList, documented
 
 
@@ -45,14 +46,8 @@ def describe_model(registry: RegistryView, name: str, labels: bool = False) -> d
     body["served_versions"] = [
         {"version": v, "state": m.state, "error": m.error, "workers_ready": m.workers_ready}
         for v, m in registry.versions(name).items()]
-    body["routing"] = routing_of(registry.policy(name))
+    body["routing"] = as_json(registry.policy(name))
     return body
-
-
-def routing_of(policy: VersionPolicy) -> dict:
-    """A routing policy as JSON: the default version, labels, split, stickiness, shadow."""
-    return {"default": policy.default, "labels": dict(policy.labels),
-            "split": dict(policy.split), "sticky": policy.sticky, "shadow": policy.shadow}
 
 
 def _input(model: ServedModel) -> dict | None:
