@@ -18,7 +18,18 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, case, create_engine, delete, event, func, literal, or_, select
+from sqlalchemy import (
+    Engine,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -130,6 +141,21 @@ class Store:
         for row in rows:
             row["created_at"] = _aware(row["created_at"])
         return rows
+
+    def shadow_pairs(self, model: str, a: str, b: str, since: datetime | None,
+                     until: datetime | None) -> list[tuple[str, str, str]]:
+        """(answering version, its top-1, the shadow's top-1) for every input that versions
+        ``a`` and ``b`` both ran on, one answering and the other shadowing."""
+        shadow = predictions.alias("shadow")
+        query = _window(
+            select(predictions.c.version, predictions.c.top1, shadow.c.top1)
+            .join(shadow, shadow.c.shadow_of == predictions.c.id)
+            .where(predictions.c.bench.is_(False),
+                   or_(and_(predictions.c.version == a, shadow.c.version == b),
+                       and_(predictions.c.version == b, shadow.c.version == a))),
+            model, since, until, None)
+        with _available(), self.engine.connect() as conn:
+            return [(v, answered, shadowed) for v, answered, shadowed in conn.execute(query)]
 
     def time_span(self, model: str, since: datetime | None, until: datetime | None,
                   version: str | None) -> tuple[datetime, datetime] | None:
