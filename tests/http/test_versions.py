@@ -4,6 +4,8 @@ Serving), with labels, readiness per version, and the version policy's start-up 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -223,3 +225,39 @@ def test_default_version_answers_unnamed_requests(tmp_path):
     [spec] = load_repository(tmp_path / "m")
     assert spec.policy is not None and spec.policy.default == "1"
     assert choose(spec.policy, None) == "1" and choose(spec.policy, "anyone") == "1"
+
+
+def test_a_version_that_fails_leaves_the_others_serving(tmp_path):
+    """With --keep-going (as for whole models), the broken version is reported and the
+    others answer; without it, the start fails naming the version."""
+    two_versions(tmp_path / "repo" / "m", '[versions]\nserve = "all"\ndefault = "1"\n')
+    (tmp_path / "repo" / "m" / "2" / "model.onnx").write_bytes(b"not a model")
+    live = serve_in_process([str(tmp_path / "repo"), "--keep-going"], tmp_path,
+                            wait_ready=False)
+    try:
+        deadline = time.monotonic() + 60
+        while any(v["state"] == "loading" for v in
+                  live.client.get("/api/models/m").json()["served_versions"]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        served = live.client.get("/api/models/m").json()["served_versions"]
+        assert [(v["version"], v["state"]) for v in served] == [("1", "ready"), ("2", "failed")]
+        assert served[1]["error"]
+        assert top(native(live, "/api/models/m/predict")) == "red"  # the default, 1
+        broken = native(live, "/api/models/m/versions/2/predict")
+        assert broken.status_code == 503 and broken.json()["error"]["code"] == "not_ready"
+        ready = live.client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["models"]["m"]["versions"]["2"]["state"] == "failed"
+        status = live.client.get("/v1/models/m").json()["model_version_status"]
+        assert [(s["version"], s["state"]) for s in status] == [("1", "AVAILABLE"),
+                                                                ("2", "END")]
+    finally:
+        assert live.stop() == 0
+
+    failing = serve_in_process([str(tmp_path / "repo")], tmp_path, wait_ready=False)
+    deadline = time.monotonic() + 60
+    while failing.alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert failing.stop() == 1
+    assert "model m version 2" in failing.wait_for_log("failed to load")
