@@ -278,8 +278,8 @@ class Registry:
         except (LoadError, PreprocessingError) as exc:
             model.state, model.error = ModelState.FAILED, str(exc)
             await model.pool.stop()
-            log.error("model %s version %s (%s) failed to load: %s", model.spec.name,
-                      model.spec.version, model.spec.path, exc,
+            log.error("model %s (%s) version %s failed to load: %s", model.spec.name,
+                      model.spec.path, model.spec.version, exc,
                       extra={"fields": {"model": model.spec.name, "file": str(model.spec.path)}})
             return
         model.info, model.state = info, ModelState.READY

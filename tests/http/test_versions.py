@@ -260,4 +260,6 @@ def test_a_version_that_fails_leaves_the_others_serving(tmp_path):
     while failing.alive and time.monotonic() < deadline:
         time.sleep(0.1)
     assert failing.stop() == 1
-    assert "model m version 2" in failing.wait_for_log("failed to load")
+    line = next(line for line in failing.wait_for_log("failed to load").splitlines()
+                if "failed to load" in line)
+    assert "model m (" in line and "/2/model.onnx) version 2 failed to load" in line
