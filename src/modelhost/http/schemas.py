@@ -87,6 +87,25 @@ class WorkerProvider(BaseModel):
     note: str  # how it was chosen: the verification figures, or why the CPU serves
 
 
+class ServedVersion(BaseModel):
+    """One served version of a model: its own workers and state."""
+
+    version: str
+    state: str
+    error: str | None
+    workers_ready: int
+
+
+class Routing(BaseModel):
+    """How requests that name no version are shared among the served versions."""
+
+    default: str
+    labels: dict[str, str]
+    split: dict[str, int]
+    sticky: bool
+    shadow: str | None
+
+
 class ModelSummary(BaseModel):
     name: str
     version: str
@@ -101,6 +120,8 @@ class ModelSummary(BaseModel):
     workers_ready: int
     precision: str
     providers: list[WorkerProvider]
+    served_versions: list[ServedVersion]
+    routing: Routing
 
 
 class ModelDetail(ModelSummary):
