@@ -197,14 +197,13 @@ class Registry:
 
     # -- routing at run time ---------------------------------------------------------------
 
-    def reroute(self, name: str, policy: VersionPolicy) -> VersionPolicy:
-        """Route requests for ``name`` by ``policy`` from now on; the policy it replaced (kept
-        for :meth:`rollback`). One assignment: each request looks its policy up once, so a
-        request in flight finishes on the version it was given and none fails."""
+    def reroute(self, name: str, policy: VersionPolicy) -> None:
+        """Route requests for ``name`` by ``policy`` from now on (the policy it replaces is
+        kept for :meth:`rollback`). One assignment: each request looks its policy up once, so
+        a request in flight finishes on the version it was given and none fails."""
         previous = self.policy(name)
         self._policies[name] = policy
         self._earlier.setdefault(name, []).append(previous)
-        return previous
 
     def earlier(self, name: str) -> VersionPolicy | None:
         """The policy the last run-time change replaced (None: no change since start)."""
@@ -212,11 +211,10 @@ class Registry:
         earlier = self._earlier.get(name)
         return earlier[-1] if earlier else None
 
-    def rollback(self, name: str) -> VersionPolicy:
-        """Go back to the policy before the last run-time change; returns the one undone."""
-        undone = self.policy(name)
+    def rollback(self, name: str) -> None:
+        """Go back to the policy before the last run-time change (see :meth:`earlier`)."""
+        self.policy(name)
         self._policies[name] = self._earlier[name].pop()
-        return undone
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -244,6 +242,7 @@ class Registry:
         self._models[new.spec.name] = new  # requests look their model up again at submit time
         self._policies[new.spec.name] = _kept(self._policies.get(new.spec.name), new,
                                               self._others.get(new.spec.name, {}))
+        self._earlier.pop(new.spec.name, None)  # earlier policies were for the old versions
         if old is not None:
             await self._retire(old, grace)
         return new.state is ModelState.READY
