@@ -52,7 +52,7 @@ def timed(call, batch: np.ndarray, repeats: int) -> float:
 def in_process(h5: Path, cache: Path) -> dict:
     from modelhost.repository import load_repository
     from modelhost.runtimes.base import load_runtime
-    from modelhost.runtimes.convert import prepare
+    from modelhost.supply.convert import prepare
 
     spec = load_repository(h5)[0]
     keras_rt = load_runtime(spec, threads=2)

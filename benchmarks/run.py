@@ -234,6 +234,7 @@ class ServerRun:
     """A running ``modelhost serve``; how it stopped is filled in when the block ends."""
 
     base: str
+    pid: int = 0
     exit_code: int | None = None
     stop_seconds: float | None = None
 
@@ -250,6 +251,7 @@ def running_server(folder: Path, log_path: Path, ready_timeout: float, extra: li
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT
         )
+        run.pid = process.pid
         try:
             _wait_ready(run.base, process, ready_timeout, log_path)
             yield run

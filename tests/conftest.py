@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,9 +58,29 @@ def repo_server(model_repo, tmp_path_factory) -> InProcessServer:
 
 
 @pytest.fixture(scope="session")
-def demo_server(tmp_path_factory) -> str:
-    """The demo models (imagenet, digits, colors) as ``modelhost serve`` serves them."""
+def demo_start(tmp_path_factory) -> Iterator[tuple[InProcessServer, list[dict]]]:
+    """The demo models (imagenet, digits, colors) as ``modelhost serve`` serves them from a
+    fresh cache, and what /healthz and /readyz answered, every 0.1 s, until it was ready (the
+    imagenet demo is converted during this first start)."""
     tmp = tmp_path_factory.mktemp("demo")
-    server = serve_in_process(["--cache-dir", str(tmp / "cache")], tmp, timeout=300)
-    yield server.url
+    server = serve_in_process(["--cache-dir", str(tmp / "cache")], tmp, wait_ready=False,
+                              timeout=300)
+    seen: list[dict] = []
+    deadline = time.monotonic() + 300
+    while server.alive and time.monotonic() < deadline:
+        ready = server.client.get("/readyz")
+        seen.append({"healthz": server.client.get("/healthz").status_code,
+                     "readyz": ready.status_code, **ready.json()})
+        if ready.status_code == 200:
+            break
+        time.sleep(0.1)
+    yield server, seen
     assert server.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_start) -> str:
+    """The demo server's URL, once it is ready."""
+    server, seen = demo_start
+    assert seen and seen[-1]["readyz"] == 200, f"not ready: {seen[-1:]}\n{server.log()}"
+    return server.url

@@ -1,7 +1,7 @@
 """Test support: start the real server, build small real models, make images.
 
-Nothing here mocks modelhost. ``serve_in_process`` builds the app with modelhost's composition
-root from ``modelhost serve`` flags and serves it with uvicorn in a thread, on 127.0.0.1 with a
+Nothing here mocks modelhost. ``serve_in_process`` builds the application with modelhost's
+composition root from ``modelhost serve`` flags and runs it in a thread, on 127.0.0.1 with a
 free port (most tests); ``start_server`` runs ``python -m modelhost.cli serve`` as a subprocess,
 for tests about the process itself (signals, kill -9, drain, exit codes). Either way models are
 real ONNX files run by ONNX Runtime in real worker processes, reached over real HTTP.
@@ -276,8 +276,9 @@ def settings_from_args(args: list[str], env: dict | None = None):
 
 
 class InProcessServer(_ServerLogFile):
-    """The real app, built by modelhost's composition root and served by uvicorn (with
-    modelhost's drain-aware Server) in a thread of the test process, on a free 127.0.0.1 port.
+    """The real application, built by modelhost's composition root (``assembly.build``) and
+    run as ``modelhost serve`` runs it (its one start and stop order), in a thread of the test
+    process, on a free 127.0.0.1 port.
 
     The same face as ``LiveServer`` (``url``, ``client``, ``log()``, ``wait_for_log()``,
     ``stop()``) and the same real worker processes, at a fraction of a subprocess's start-up
@@ -289,7 +290,7 @@ class InProcessServer(_ServerLogFile):
     _tags = itertools.count(1)
 
     def __init__(self, settings, log_path: Path) -> None:
-        from modelhost.assembly import build_server
+        from modelhost.assembly import build
 
         self.settings = settings
         self.log_path = log_path
@@ -308,7 +309,8 @@ class InProcessServer(_ServerLogFile):
         token = _server_tag.set(self.tag)
         try:
             # what `modelhost serve` runs (assembly.serve), here run in a thread
-            self.server, self.core = build_server(settings)
+            self.app = build(settings)
+            self.core = self.app.core
         except BaseException:
             root.removeHandler(self._handler)
             self._handler.finish()
@@ -323,19 +325,19 @@ class InProcessServer(_ServerLogFile):
         _server_tag.set(self.tag)
         with contextlib.redirect_stdout(io.StringIO()):  # the "serving on" line
             try:
-                self.server.run()
+                self.app.run()
             except BaseException as exc:  # shown by wait_started(); stop() returns 1
                 self._error = exc
 
     def wait_started(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not (self.server.started and self.server.url):
+        while not (self.app.started and self.app.url):
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"in-process server did not start ({self._error!r}):\n"
                                      f"{self.log()[-4000:]}")
             time.sleep(0.02)
-        self.url = self.server.url or ""
+        self.url = self.app.url or ""
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     @property
@@ -348,12 +350,12 @@ class InProcessServer(_ServerLogFile):
                 for pid in model.pool.pids()]
 
     def stop(self, timeout: float = 30) -> int:
-        """Stop serving (lifespan shutdown: the registry and its workers stop); the exit status
-        ``modelhost serve`` would have had."""
-        self.server.should_exit = True
+        """Stop serving (the application's stop: drain, ports, workers, prediction log); the
+        exit status ``modelhost serve`` would have had."""
+        self.app.request_stop()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            self.server.force_exit = True
+            self.app.request_stop(hurry=True)
             self._thread.join(10)
         if hasattr(self, "client"):
             self.client.close()
@@ -363,7 +365,7 @@ class InProcessServer(_ServerLogFile):
             return 1
         if self.core.registry.lifecycle.fatal:
             return 1
-        return 0 if self.server.started else 1
+        return 0 if self.app.started else 1
 
 
 def serve_in_process(args: list[str], tmp: Path, *, wait_ready: bool = True,

@@ -1,6 +1,6 @@
 """modelhost: serve a trained image model as a fast, safe, observable web API.
 
-Nothing runs on import; the server is built by :func:`modelhost.assembly.build_server`. The
+Nothing runs on import; the server is built by :func:`modelhost.assembly.build`. The
 clients (``modelhost.Client``, ``modelhost.AsyncClient``) load httpx on first use only.
 """
 

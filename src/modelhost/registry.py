@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 from .batching.batcher import Batcher
-from .errors import NotFound, Unavailable
+from .errors import NotFound, StartupError, Unavailable
 from .preprocessing import PreprocessingError, resolve
 from .routing import choose, labelled
 from .types import ModelInfo, ModelSpec, Preprocessing, VersionPolicy
@@ -36,10 +36,36 @@ log = logging.getLogger("modelhost.registry")
 class ModelState(StrEnum):
     """Where a served model is in its life; only ``READY`` answers predictions."""
 
+    CONVERTING = "converting"  # to ONNX, in a subprocess, before its workers start
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
     REMOVED = "removed"
+
+
+@dataclass
+class Progress:
+    """A slow start-up stage (a conversion), shown on /readyz and /api/models while it runs;
+    ``cancel`` stops it when the server stops first."""
+
+    stage: str
+    timeout: float
+    cancel: Callable[[], None] = lambda: None
+    started: float = field(default_factory=time.monotonic)
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.stage, "seconds": round(time.monotonic() - self.started, 1),
+                "timeout": self.timeout}
+
+
+class Supply(Protocol):
+    """What the registry needs of model supply (supply/) to start a model: ``prepare`` turns a
+    repository spec into the one to serve (converting it, in a thread: it blocks), telling
+    ``progress`` when a slow stage starts; ``build`` gives that spec its pool and batcher."""
+
+    def prepare(self, spec: ModelSpec, progress: Callable[[Progress], None]) -> ModelSpec: ...
+
+    def build(self, spec: ModelSpec) -> ServedModel: ...
 
 
 @dataclass
@@ -54,6 +80,7 @@ class ServedModel:
     update_error: str | None = None  # a newer version that failed to load (--watch)
     info: ModelInfo | None = None
     prep: Preprocessing | None = None
+    progress: Progress | None = None  # while converting
 
     @property
     def workers_ready(self) -> int:
@@ -73,6 +100,7 @@ class Lifecycle:
     draining: bool = False
     inflight: int = 0
     fatal: str | None = None
+    startup_error: StartupError | None = None  # a model that could not be supplied: exit 2
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -97,7 +125,8 @@ class RegistryView(Protocol):
 class Registry:
     """The served models by name; loads, swaps and retires them."""
 
-    def __init__(self, models: list[ServedModel], *, keep_going: bool) -> None:
+    def __init__(self, models: list[ServedModel], *, keep_going: bool,
+                 supply: Supply | None = None) -> None:
         self._models: dict[str, ServedModel] = {}  # each model's highest served version
         self._others: dict[str, dict[str, ServedModel]] = {}  # its other served versions
         self._policies: dict[str, VersionPolicy] = {}
@@ -107,6 +136,7 @@ class Registry:
             self._add(model)
         self.lifecycle = Lifecycle()
         self._keep_going = keep_going
+        self._supply = supply  # None: the models' specs are served as they are
 
     def _add(self, model: ServedModel) -> None:
         """Serve ``model`` as the highest version of its name (the one before it, if any,
@@ -219,13 +249,64 @@ class Registry:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load every model in its workers; a failure is fatal unless ``keep_going``."""
-        await asyncio.gather(*(self._load(m) for m in self.every_version))
+        """Supply each served version (convert it when it needs it; one conversion at a time,
+        in repository order, as ``modelhost prepare`` does) and load it in its workers as soon
+        as it is supplied; a failure is fatal unless ``keep_going``."""
+        loads = []
+        try:
+            for model in self.every_version:
+                supplied = await self._supplied(model)
+                if supplied is not None:
+                    loads.append(asyncio.create_task(self._load(supplied)))
+            await asyncio.gather(*loads)
+        finally:
+            for load in loads:
+                load.cancel()
+            for model in self.every_version:
+                if model.progress is not None:  # stopped mid-conversion
+                    model.progress.cancel()
         failed = [m for m in self.every_version if m.state is ModelState.FAILED]
         if failed and not self._keep_going:
             self.lifecycle.fatal = "; ".join(f"{m.spec.name} version {m.spec.version}: "
                                              f"{m.error}" for m in failed)
         self.lifecycle.loaded.set()
+
+    async def _supplied(self, model: ServedModel) -> ServedModel | None:
+        """``model`` as it will be served (a new ServedModel when conversion changed its
+        spec), shown as converting while that runs; None when it cannot be supplied."""
+        if self._supply is None:
+            return model
+        loop = asyncio.get_running_loop()
+
+        def progress(step: Progress) -> None:  # called from the supply thread
+            loop.call_soon_threadsafe(self._converting, model, step)
+
+        try:
+            spec = await asyncio.to_thread(self._supply.prepare, model.spec, progress)
+        except StartupError as exc:  # --runtime onnx and no conversion; INT8 not verified
+            model.state, model.error, model.progress = ModelState.FAILED, str(exc), None
+            if self._keep_going:
+                log.error("%s", exc, extra={"fields": {"model": model.spec.name}})
+            else:  # the server stops; the CLI prints this as its one line
+                self.lifecycle.startup_error = self.lifecycle.startup_error or exc
+                self.lifecycle.fatal = self.lifecycle.fatal or str(exc)
+            return None
+        new = model if spec == model.spec else self._supply.build(spec)
+        new.state, new.progress = ModelState.LOADING, None
+        self._put(model, new)
+        return new
+
+    def _put(self, old: ServedModel, new: ServedModel) -> None:
+        """``new`` in the place of ``old`` (the highest version, or one of the others)."""
+        name = old.spec.name
+        if self._models.get(name) is old:
+            self._models[name] = new
+        else:
+            self._others[name][old.spec.version] = new
+
+    @staticmethod
+    def _converting(model: ServedModel, step: Progress) -> None:
+        model.state, model.progress = ModelState.CONVERTING, step
 
     async def swap(self, new: ServedModel, grace: float) -> bool:
         """Load and warm ``new`` beside the model of that name, then switch traffic to it in
@@ -316,6 +397,7 @@ def _kept(policy: VersionPolicy | None, new: ServedModel,
 
 def _health(model: ServedModel) -> dict[str, Any]:
     return {"state": model.state, "workers_ready": model.workers_ready,
+            **({"progress": model.progress.describe()} if model.progress else {}),
             **({"error": model.error} if model.error else {}),
             **({"update_error": model.update_error} if model.update_error else {})}
 
@@ -328,7 +410,7 @@ def check_ready(model: ServedModel) -> None:
         raise Unavailable(f"model {model.spec.name!r} failed to load", "not_ready",
                           retry_after=30.0)
     if model.state is not ModelState.READY or model.info is None:
-        raise Unavailable(f"model {model.spec.name!r} is still loading", "not_ready")
+        raise Unavailable(f"model {model.spec.name!r} is still {model.state}", "not_ready")
 
 
 def _check_labels(spec: ModelSpec, info: ModelInfo) -> None:

@@ -171,8 +171,9 @@ def _policy(path: Path, available: list[str]) -> tuple[VersionPolicy, dict[str, 
 
 
 def each_version(spec: ModelSpec) -> list[ModelSpec]:
-    """Every served version of ``spec``'s model: its other versions, then itself (the highest)."""
-    return [*spec.others, spec]
+    """Every served version of ``spec``'s model, each on its own: its other versions, then
+    itself (the highest)."""
+    return [*spec.others, replace(spec, others=())]
 
 
 def _first_existing(*paths: Path) -> Path:

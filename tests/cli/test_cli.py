@@ -74,6 +74,27 @@ def test_missing_model_and_bad_config_exit_2(tmp_path):
     assert result.returncode == 2 and "input.layout" in result.stderr
 
 
+def test_a_prediction_log_from_a_newer_modelhost_stops_the_start_in_one_line(tmp_path):
+    """A schema revision this modelhost does not know: one line naming the database and the
+    revision, exit 2, no traceback, no URL (the migration once failed inside uvicorn's lifespan
+    with a traceback and exit 3)."""
+    import sqlite3
+
+    rgb_model(tmp_path / "m")
+    database = tmp_path / "newer.db"
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        db.execute("INSERT INTO alembic_version VALUES ('9999')")
+        db.commit()
+    result = run("serve", str(tmp_path / "m"), "--port", "0", "--db", f"sqlite:///{database}")
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("modelhost: ")]
+    assert len(lines) == 1, result.stderr
+    assert str(database) in lines[0] and "'9999'" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
 def test_keep_going_serves_the_rest_and_reports_the_failure(tmp_path):
     rgb_model(tmp_path / "repo" / "good")
     (tmp_path / "repo" / "bad").mkdir()

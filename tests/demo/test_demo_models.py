@@ -8,6 +8,7 @@ also catch a toml that no longer matches what the model was trained on.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -37,6 +38,7 @@ class Folder:
     """A model folder loaded for testing: config, labels and an onnxruntime session."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.config: dict[str, Any] = tomllib.loads((path / "modelhost.toml").read_text())
         self.labels = (path / "labels.txt").read_text(encoding="utf-8").splitlines()
         self.session = ort.InferenceSession(
@@ -318,3 +320,33 @@ def test_imagenet_cli_converts_once(tmp_path: Path) -> None:
     stamp = (out / "model.onnx").stat().st_mtime_ns
     subprocess.run(command, env=child_env(), capture_output=True, text=True, check=True)
     assert (out / "model.onnx").stat().st_mtime_ns == stamp  # second run reuses the cache
+
+
+@pytest.mark.slow
+def test_a_converted_imagenet_demo_is_served_without_torch(
+    imagenet: Folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image build or an init container converted the demo (``modelhost prepare``); the
+    server that serves it from that cache may have no torch at all."""
+    from modelhost.supply import demo
+
+    shutil.copytree(imagenet.path, tmp_path / "demo" / "imagenet")
+    monkeypatch.setattr(demo, "imagenet_available", lambda: False)
+    specs = {spec.name: spec for spec in demo.demo_specs(tmp_path)}
+    assert set(specs) == {"imagenet", "digits", "colors"}
+    assert specs["imagenet"].format == "onnx" and len(specs["imagenet"].labels) == 1000
+    # not converted and no torch: the others are served
+    assert {spec.name for spec in demo.demo_specs(tmp_path / "empty")} == {"digits", "colors"}
+
+
+def test_a_failed_demo_conversion_becomes_the_models_load_error(tmp_path: Path) -> None:
+    """The conversion runs in the models' start; if it fails, the imagenet model fails to load
+    with the reason (the server stops in one line, or serves the others with --keep-going)."""
+    from modelhost.supply import demo
+
+    (tmp_path / "demo").write_text("a file where the cache's demo folder should be")
+    (spec,) = [s for s in demo.demo_specs(tmp_path) if s.name == "imagenet"]
+    assert spec.format == demo.UNCONVERTED and spec.labels == ()
+    failed = demo.converted(spec, timeout=120)
+    assert failed.problem.startswith("converting the imagenet demo failed (exit 1): ")
+    assert "Error" in failed.problem  # the converter's last line says which

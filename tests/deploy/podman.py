@@ -20,6 +20,10 @@ from pathlib import Path
 STATE = Path(os.environ.get("MODELHOST_PODMAN_STATE", Path.home() / ".cache" / "modelhost-podman"))
 BASE_IMAGE = "localhost/modelhost-base:bookworm"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+# Where pip on this machine finds the CPU build of torch that lies on its disk (its find-links):
+# PyPI's own Linux torch is a CUDA build of several GB.
+WHEEL_DIRS = [Path(p) for p in os.environ.get("PIP_FIND_LINKS", "/opt/wheels").split()
+              if "://" not in p]
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 
 
@@ -108,6 +112,7 @@ class Podman:
                  "-v", f"{HOST_CA}:/run/host-ca.crt:ro",
                  "--build-arg", f"BASE={BASE_IMAGE}",
                  "--build-arg", "PIP_CERT=/run/host-ca.crt",
+                 *_torch_wheel_args(),
                  *(a for arg in build_args for a in ("--build-arg", arg)),
                  "-f", str(context / "Containerfile"), "-t", tag, str(context), timeout=3000)
         seconds = time.monotonic() - started
@@ -121,6 +126,18 @@ class Podman:
 
     def remove_container(self, name: str) -> None:
         self.run("rm", "--force", "--time", "0", name, check=False)
+
+
+def _torch_wheel_args() -> list[str]:
+    """Build options that give the converter stage the CPU torch wheel on this machine's disk
+    (for the image's Python 3.11); none when there is none, and the Containerfile's default,
+    PyTorch's CPU index, applies."""
+    for folder in WHEEL_DIRS:
+        wheels = sorted(folder.glob("torch-*+cpu-cp311-cp311-*x86_64.whl"))
+        if wheels:
+            return ["-v", f"{folder}:/run/wheels:ro",
+                    "--build-arg", f"TORCH_PIP=/run/wheels/{wheels[-1].name}"]
+    return []
 
 
 def _debian_mirror() -> str:

@@ -70,6 +70,22 @@ def test_colors_demo_names_the_colour_under_the_point(demo_server):
     assert labels == ["yellow", "navy"]
 
 
+def test_the_port_opens_before_the_imagenet_demo_is_converted(demo_start):
+    """The README's first ``modelhost serve`` converts the imagenet demo (tens of seconds):
+    meanwhile the port is open, /healthz is 200 and /readyz says what is happening."""
+    _, seen = demo_start
+    converting = [s for s in seen if s["models"].get("imagenet", {}).get("state") == "converting"]
+    assert converting, seen[:3]
+    first = converting[0]
+    assert first["healthz"] == 200 and first["readyz"] == 503 and first["ready"] is False
+    progress = first["models"]["imagenet"]["progress"]
+    assert progress["stage"] == "converting the imagenet demo to ONNX (once)"
+    assert progress["timeout"] > 0 and progress["seconds"] >= 0
+    assert seen[-1]["readyz"] == 200
+    ready = seen[-1]["models"]["imagenet"]
+    assert ready["state"] == "ready" and ready["workers_ready"] == 2 and "progress" not in ready
+
+
 def test_demo_models_are_listed_and_ready(demo_server):
     models = {m["name"]: m for m in httpx.get(f"{demo_server}/api/models").json()["models"]}
     assert set(models) == {"imagenet", "digits", "colors"}

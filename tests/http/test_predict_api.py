@@ -304,6 +304,9 @@ def test_models_list_and_metadata(repo_server):
     detail = repo_server.client.get("/api/models/rgb").json()
     assert detail["label_names"] == ["red", "green", "blue"]
     assert detail["inputs"] == [{"name": "image", "datatype": "float32", "shape": [-1, 3, 9, 9]}]
+    # the layout in force: no [workers] or [batching] in its modelhost.toml, so the defaults
+    assert detail["layout"] == {"replicas": 1, "threads": 0, "max_batch_size": 8,
+                                "max_delay_ms": 0.0}
 
 
 def test_health_readiness_and_metrics(repo_server):

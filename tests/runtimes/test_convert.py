@@ -1,20 +1,23 @@
 """Conversion to ONNX: cached by the source file's hash, a failed verification falls back to
-the native runtime and says why, ``--runtime onnx`` refuses instead."""
+the native runtime and says why, ``--runtime onnx`` refuses instead; the port opens before a
+conversion and /readyz shows it."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
+import httpx
 import pytest
 
 from modelhost import __version__
 from modelhost.repository import load_repository
-from modelhost.runtimes.convert import cache_key
+from modelhost.supply.convert import cache_key
 from modelhost.types import RuntimeOptions
 
-from ..support import serve_in_process
+from ..support import free_port, serve_in_process
 from .conftest import FRAMEWORK_MODELS, assert_matches_framework
 
 
@@ -72,14 +75,80 @@ def test_failed_verification_serves_natively_and_says_why(built, tmp_path):
 
 @pytest.mark.slow
 def test_runtime_onnx_refuses_a_model_that_does_not_convert(built, tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "modelhost.cli", "serve", str(built / "fallback"), "--port", "0",
-         "--runtime", "onnx", "--cache-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
+    """The port is open while the conversion runs and fails; then the server stops with one
+    line and exit 2 and prints no URL (as when conversion ran before the port opened)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelhost.cli", "serve", str(built / "fallback"), "--port",
+         str(port), "--runtime", "onnx", "--cache-dir", str(tmp_path),
+         "--db", f"sqlite:///{tmp_path / 'log.db'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert done.returncode == 2
-    assert "noisy_torch: model.pt cannot be served with ONNX Runtime (--runtime onnx): " \
-           "ValueError: the ONNX model disagrees" in done.stderr
+    try:
+        states = poll_states(f"http://127.0.0.1:{port}", "noisy_torch", process.poll)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "converting" in states, states
+    assert process.returncode == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("modelhost: ")]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("modelhost: noisy_torch: model.pt cannot be served with ONNX "
+                               "Runtime (--runtime onnx): ValueError: the ONNX model disagrees")
+    assert "Traceback" not in stderr and stdout == ""
+
+
+@pytest.mark.slow
+def test_the_port_opens_before_a_keras_conversion_ends(built, tmp_path):
+    """Issue 15: /healthz answers at once, /readyz is 503 with the model converting (its stage,
+    seconds and timeout, the same on /api/models), then loading → ready; the converted model
+    answers as Keras itself does."""
+    server = serve_in_process([str(built / "repo" / "digits_h5"), "--cache-dir",
+                               str(tmp_path / "cache")], tmp_path, wait_ready=False)
+    try:
+        states = poll_states(server.url, "digits_h5", lambda: None if server.alive else 1)
+        assert "converting" in states and states[-1] == "ready", states
+        assert states.index("converting") < len(states) - 1
+        assert assert_matches_framework(server, built, "digits_h5") > 0
+        listed = server.client.get("/api/models").json()["models"][0]
+        assert (listed["state"], listed["progress"]) == ("ready", None)
+        assert listed["runtime"].startswith("ONNX Runtime, converted from keras")
+    finally:
+        assert server.stop() == 0
+
+
+def poll_states(url: str, model: str, exited) -> list[str]:
+    """The model's states as /readyz showed them (each change once) until it was ready or
+    the server stopped; while converting, its progress and /api/models agree."""
+    states: list[str] = []
+    deadline = time.monotonic() + 300
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while time.monotonic() < deadline and exited() is None:
+            try:
+                health = client.get("/healthz")
+                ready = client.get("/readyz")
+            except httpx.TransportError:  # not listening yet, or stopped
+                time.sleep(0.05)
+                continue
+            assert health.status_code == 200
+            state = ready.json()["models"][model]
+            if not states or states[-1] != state["state"]:
+                states.append(state["state"])
+            if ready.status_code == 200:
+                return states
+            assert ready.status_code == 503 and ready.headers["retry-after"]
+            if state["state"] == "converting":
+                progress = state["progress"]
+                assert progress["stage"].startswith("converting ")
+                assert progress["stage"].endswith(" to ONNX")
+                assert progress["timeout"] == 600 and 0 <= progress["seconds"] < 300
+                listed = client.get(f"/api/models/{model}").json()
+                assert listed["state"] in ("converting", "loading", "ready", "failed")
+                if listed["state"] == "converting":
+                    assert listed["progress"]["stage"] == progress["stage"]
+            time.sleep(0.05)
+    return states
 
 
 @pytest.mark.slow

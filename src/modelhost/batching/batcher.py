@@ -67,6 +67,11 @@ class Batcher:
         takes the places answered requests need."""
         return len(self._items) * 2 >= self._max_queue
 
+    @property
+    def layout(self) -> dict[str, float]:
+        """The batching settings in force (reported by the model listings)."""
+        return {"max_batch_size": self._max_batch, "max_delay_ms": self._max_delay * 1000.0}
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._dispatch_forever())
 

@@ -26,9 +26,9 @@ from ..preprocessing import describe as describe_preprocessing
 from ..preprocessing import resolve
 from ..repository import RepositoryError, load_repository
 from ..runtimes.base import RuntimeUnavailable, UntrustedCode, first_line, load_runtime
-from ..runtimes.convert import CONVERTIBLE, prepare
 from ..runtimes.providers import ProviderError
 from ..settings import Settings, confine_frameworks
+from ..supply.convert import CONVERTIBLE, prepare
 from ..types import FORMATS, PIPELINES, ModelSpec, Preprocessing, Region, RuntimeOptions
 from .remote import ApiKey, key_headers, unreachable
 
@@ -214,7 +214,7 @@ def _print_preprocessing(spec: ModelSpec, info, prep) -> None:
 def _accelerated(spec: ModelSpec, providers: str | None, precision: str | None) -> ModelSpec:
     """``spec`` with ``--providers``/``--precision`` (and ``[runtime]``) applied, as served: a
     Keras/TF/torch model is converted to ONNX (cached) when acceleration is asked for."""
-    from ..assembly import accelerated  # the server's own rule; fastapi loads only here
+    from ..supply.accelerate import accelerated  # the server's own rule
 
     try:
         settings = Settings(providers=providers, precision=precision)  # type: ignore[arg-type]  # pydantic validates the text

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..preprocessing import resolve
-from ..runtimes.convert import SAMPLE_SUFFIXES, ConversionError, prepare, sample_inputs
 from ..runtimes.quantize import RECORD, Report, optimize_int8, sample_tensors
 from ..settings import Settings
+from ..supply.convert import SAMPLE_SUFFIXES, ConversionError, prepare, sample_inputs
 from ..types import RuntimeOptions
 from .local import _load, _pick, _runtime
 

@@ -38,7 +38,7 @@ def prepare(
     settings = Settings(**flags)
     logs.configure(settings.log_level, settings.log_format)  # "converting …" as it starts
     confine_frameworks(settings.cache_dir)
-    from ..assembly import model_specs  # the server's imports, only for this command
+    from ..supply.specs import model_specs  # what serve supplies, converted the same way
 
     try:
         specs = model_specs(settings)

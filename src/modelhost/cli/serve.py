@@ -9,9 +9,9 @@ import typer
 from pydantic import ValidationError
 
 from .. import logs
-from ..download import is_url
 from ..errors import StartupError
 from ..settings import Settings, confine_frameworks
+from ..supply.download import is_url
 from ..types import FORMATS, PIPELINES
 
 Opt = typer.Option

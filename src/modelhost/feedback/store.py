@@ -18,6 +18,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
 from sqlalchemy import (
     Engine,
     and_,
@@ -46,6 +47,11 @@ class BadDatabaseUrl(StartupError, ValueError):
     """--db names something modelhost cannot store into."""
 
 
+class SchemaError(StartupError):
+    """The database's schema is not one this modelhost can bring up to date (a revision
+    written by a newer modelhost, say): serving would write records it cannot read back."""
+
+
 class StoreUnavailable(Exception):
     """The database cannot be reached or cannot take writes (down, full, locked)."""
 
@@ -67,9 +73,16 @@ class Store:
         """Bring the schema to the newest revision (Alembic); safe to run on every start."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with _available(), self.engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+        try:
+            with _available(), self.engine.begin() as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except CommandError as exc:
+            from .. import __version__
+
+            raise SchemaError(f"prediction log {self.describe()}: {exc} (modelhost "
+                              f"{__version__} does not know it; was the database written by a "
+                              "newer modelhost? Upgrade modelhost or give another --db)") from None
 
     def write(self, records: Iterable[dict]) -> None:
         """Store journal records (predictions and feedback, in order) in one transaction."""

@@ -1,10 +1,8 @@
-"""The FastAPI application: route table, the gate, error handlers and lifespan. Built by
-assembly.py."""
+"""The FastAPI application: route table, the gate and error handlers. Built by assembly.py;
+it has no lifespan of its own: application.py starts and stops what it serves, in one order."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -36,34 +34,14 @@ from .responses import JSON
 
 if TYPE_CHECKING:
     from ..access.keys import KeyRing
-    from ..model_control import ModelControl
-    from ..watch import RepositoryWatcher
+    from ..supply.control import ModelControl
 
 
 def create_app(registry: Registry, predictor: Predictor, metrics: Metrics, settings: Settings, *,
                keys: KeyRing | None = None, limiter: Limiter | None = None,
-               watcher: RepositoryWatcher | None = None,
                control: ModelControl | None = None) -> FastAPI:
     """The app; ``keys`` and ``limiter`` are shared with the gRPC port (one budget per key)."""
     prediction_log = predictor.prediction_log
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        if prediction_log is not None:
-            await prediction_log.start()
-        loading = asyncio.create_task(registry.start())  # serve /healthz while models load
-        watching = asyncio.create_task(watcher.run()) if watcher else None  # --watch
-        try:
-            yield
-        finally:
-            for task in (loading, watching):
-                if task is not None:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-            await registry.stop()
-            await predictor.aclose()
-            if prediction_log is not None:  # after the drain: every answered record is in
-                await prediction_log.stop()
 
     app = FastAPI(
         title="modelhost",
@@ -72,7 +50,6 @@ def create_app(registry: Registry, predictor: Predictor, metrics: Metrics, setti
         default_response_class=JSON,
         docs_url=None,
         redoc_url=None,
-        lifespan=lifespan,
     )
     errors.install(app)
     app.include_router(routes_predict.router(registry, predictor, metrics, settings))

@@ -18,6 +18,7 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
         "version": model.spec.version,
         "versions": list(model.spec.versions),
         "state": model.state,
+        "progress": model.progress.describe() if model.progress else None,
         "error": model.error,
         "update_error": model.update_error,
         "format": model.spec.source_format or model.spec.format,
@@ -27,6 +28,7 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
         "default_crop": prep.default_crop if prep else model.spec.config.default_crop,
         "input": _input(model),
         "workers_ready": model.workers_ready,
+        "layout": {**model.pool.layout, **model.batcher.layout},
         "precision": model.spec.config.precision,
         "providers": model.providers,
     }

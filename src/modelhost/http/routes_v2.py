@@ -7,7 +7,7 @@ exist but are not ready. Inference accepts JSON tensors and Triton's binary sect
 including the raw form (``Inference-Header-Content-Length: 0``: the body is one input: a ready
 row or an image).
 Repository load/unload work with ``--model-control`` only, on the repository's models by name
-(model_control.py); without it they answer 403.
+(supply/control.py); without it they answer 403.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .responses import JSON
 from .schemas import Responses
 
 if TYPE_CHECKING:
-    from ..model_control import ModelControl
+    from ..supply.control import ModelControl
 
 _HEADER = "inference-header-content-length"
 _ERRORS: Responses = {status: {"model": v2.ProtocolError} for status in (400, 404, 503)}

@@ -106,11 +106,20 @@ class Routing(BaseModel):
     shadow: str | None
 
 
+class Progress(BaseModel):
+    """A slow start-up stage while it runs (state ``converting``)."""
+
+    stage: str  # e.g. "converting keras to ONNX"
+    seconds: float  # since it started
+    timeout: float  # when it gives up
+
+
 class ModelSummary(BaseModel):
     name: str
     version: str
     versions: list[str]
-    state: str
+    state: str  # converting, loading, ready, failed, removed
+    progress: Progress | None
     error: str | None
     format: str
     labels: int

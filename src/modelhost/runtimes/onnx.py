@@ -99,7 +99,7 @@ class OnnxRuntime(ArrayRuntime):
         the measured difference unless top-1 agrees and |Δp| ≤ the tolerance."""
         from ..postprocess import probabilities
         from ..preprocessing import resolve
-        from .convert import sample_inputs
+        from ..supply.convert import sample_inputs
 
         batch = sample_inputs(spec, resolve(spec.config, self.info))
         kind = spec.config.output_kind

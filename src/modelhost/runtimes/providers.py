@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import StartupError
+from ..supply.convert import TIE  # a top-1 whose runner-up is this close cannot be ordered
 from ..types import ModelConfig, ProviderSpec
-from .convert import TIE  # a top-1 whose runner-up is this close cannot be ordered
 
 ORT_NAMES = {
     "cpu": "CPUExecutionProvider",

@@ -258,6 +258,11 @@ class ModelPool:
         return sum(1 for w in self._workers if w is not None and w.alive)
 
     @property
+    def layout(self) -> dict[str, int]:
+        """How many worker processes, and the runtime threads in each (reported, not tuned)."""
+        return {"replicas": self._replicas, "threads": self._start.threads}
+
+    @property
     def inflight(self) -> int:
         """Batches sent to this pool's workers and not answered yet."""
         return sum(w.inflight for w in self._workers if w is not None)

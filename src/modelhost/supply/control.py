@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 
-from .errors import InternalError, NotFound, StartupError
-from .registry import ModelState, RegistryView, ServedModel
+from ..errors import InternalError, NotFound, StartupError
+from ..registry import ModelState, RegistryView, ServedModel
+from ..repository import RepositoryError
+from ..types import ModelSpec
 from .reloader import Reloader
-from .repository import RepositoryError
-from .types import ModelSpec
 
 log = logging.getLogger("modelhost.control")
 

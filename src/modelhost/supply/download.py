@@ -25,7 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .errors import StartupError
+from ..errors import StartupError
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 

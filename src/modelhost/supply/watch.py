@@ -18,11 +18,11 @@ from pathlib import Path
 
 import watchfiles
 
-from .errors import StartupError
-from .registry import ModelState, RegistryView
+from ..errors import StartupError
+from ..registry import ModelState, RegistryView
+from ..repository import RepositoryError
+from ..types import ModelSpec
 from .reloader import Reloader
-from .repository import RepositoryError
-from .types import ModelSpec
 
 log = logging.getLogger("modelhost.watch")
 

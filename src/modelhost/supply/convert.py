@@ -10,7 +10,7 @@ probabilities differ by at most :data:`MAX_ABS_DIFF` and every sample's top-1 cl
 
 A conversion runs once per source file: the result is cached under ``cache_dir/onnx/`` by the
 SHA-256 of the source's bytes (and the options that shape it). It runs in a subprocess
-(``python -m modelhost.runtimes.convert``) so that TensorFlow or torch never load in the server
+(``python -m modelhost.supply.convert``) so that TensorFlow or torch never load in the server
 process. When it fails, the native runtime serves and the reason is logged and shown on
 ``/api/models/{model}``; ``--runtime onnx`` makes the failure fatal instead, ``--runtime native``
 skips the conversion.
@@ -31,13 +31,18 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import StartupError
 from ..types import ModelSpec, Preprocessing, Region
+
+if TYPE_CHECKING:
+    from ..registry import Progress
 
 log = logging.getLogger("modelhost.convert")
 
@@ -56,9 +61,11 @@ class ConversionError(StartupError):
 # -- server side: decide, look in the cache, run the subprocess ---------------------------------
 
 
-def prepare(spec: ModelSpec, cache_dir: Path, timeout: float) -> ModelSpec:
+def prepare(spec: ModelSpec, cache_dir: Path, timeout: float,
+            progress: Callable[[Progress], None] | None = None) -> ModelSpec:
     """The spec to serve: converted to ONNX when asked and verified, else the native one with
-    the reason in ``runtime_note``."""
+    the reason in ``runtime_note``. ``progress`` hears when a conversion starts (the server
+    shows it on /readyz, and stops it if the server stops first)."""
     if spec.format not in CONVERTIBLE:
         return spec
     if spec.options.runtime == "native":
@@ -67,7 +74,7 @@ def prepare(spec: ModelSpec, cache_dir: Path, timeout: float) -> ModelSpec:
     report = _read_report(target)
     if report is None:
         log.info("%s: converting %s to ONNX (once; cached in %s)", spec.name, spec.format, target)
-        report = _convert_in_subprocess(spec, target, timeout)
+        report = _convert_in_subprocess(spec, target, timeout, progress)
     if report["ok"]:
         return replace(spec, path=target / "model.onnx", format="onnx", source_format=spec.format,
                        runtime_note=f"ONNX Runtime, converted from {spec.format}: "
@@ -125,29 +132,43 @@ def _remember_failure(target: Path, report: dict) -> None:
         log.warning("could not record the failed conversion in %s: %s", target, exc)
 
 
-def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float) -> dict:
-    """Run the conversion in a fresh interpreter; its report, or a failure report."""
+def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float,
+                           progress: Callable[[Progress], None] | None = None) -> dict:
+    """Run the conversion in a fresh interpreter; its report, or a failure report (also
+    remembered). A converter stopped by a signal (the server stopping first) is no failure of
+    the model: ConversionError, nothing remembered, the next start tries again."""
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "modelhost.runtimes.convert", str(work)],
-            input=pickle.dumps(spec), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=timeout, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelhost.supply.convert", str(work)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
+        if progress is not None:
+            from ..registry import Progress  # the server's side only; the converter never
+
+            progress(Progress(f"converting {spec.format} to ONNX", timeout, process.kill))
+        try:
+            _, stderr = process.communicate(pickle.dumps(spec), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            late = {"ok": False, "reason": f"conversion took longer than {timeout:g}s"}
+            _remember_failure(target, late)
+            return late
         report = _report_file(work)
         if report is None:
-            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            report = {"ok": False, "reason": f"the converter exited with {done.returncode}: "
+            tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            report = {"ok": False, "reason": f"the converter exited with {process.returncode}: "
                                              f"{tail[0][:300]}"}
+            if process.returncode < 0:  # stopped (the server stopping), not failed
+                raise ConversionError(f"{spec.name}: the conversion was stopped "
+                                      f"(signal {-process.returncode})")
         if report["ok"]:
             _install(work, target)
         else:
             _remember_failure(target, report)
-        return report
-    except subprocess.TimeoutExpired:
-        report = {"ok": False, "reason": f"conversion took longer than {timeout:g}s"}
-        _remember_failure(target, report)
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -178,8 +199,8 @@ def _report_file(folder: Path, name: str = "report.json") -> dict | None:
 def convert(spec: ModelSpec, out: Path) -> dict:
     """Convert ``spec`` into ``out/model.onnx`` and verify it; the report (also written)."""
     from ..preprocessing import resolve
-    from .base import ModelFileError, UntrustedCode, first_line, load_runtime
-    from .onnx import OnnxRuntime
+    from ..runtimes.base import ModelFileError, UntrustedCode, first_line, load_runtime
+    from ..runtimes.onnx import OnnxRuntime
 
     started = time.perf_counter()
     try:
@@ -296,7 +317,7 @@ def _export_savedmodel(source, prep: Preprocessing, path: Path) -> None:
 def _export_frozen(source, prep: Preprocessing, path: Path) -> None:
     import tf2onnx
 
-    from .tensorflow import read_graph_def
+    from ..runtimes.tensorflow import read_graph_def
 
     graph_def = read_graph_def(source.path)
     with warnings.catch_warnings():

@@ -1,5 +1,5 @@
 """Reloading models while serving: the one place that turns a repository entry into a served
-model after start-up, for ``--watch`` (watch.py) and V2 model control (model_control.py) alike.
+model after start-up, for ``--watch`` (watch.py) and V2 model control (control.py) alike.
 
     scan the repository → prepare (convert when the format needs it, in a thread)
     → build a ServedModel (its own pool and batcher) → Registry.swap / Registry.remove
@@ -13,20 +13,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .registry import Registry, ServedModel
-from .types import ModelSpec
+from ..registry import Progress, Registry, ServedModel, Supply
+from ..types import ModelSpec
 
 
 class Reloader:
     """Scan, prepare, build and swap, one at a time."""
 
     def __init__(self, registry: Registry, *, scan: Callable[[], list[ModelSpec]],
-                 prepare: Callable[[ModelSpec], ModelSpec],
-                 build: Callable[[ModelSpec], ServedModel], grace: float) -> None:
+                 supply: Supply, grace: float) -> None:
         self._registry = registry
         self._scan = scan  # the repository's specs, not yet converted
-        self._prepare = prepare  # conversion to ONNX (a subprocess; run in a thread)
-        self._build = build  # a ServedModel with its own pool and batcher, not started
+        self._supply = supply  # prepare (a subprocess; run in a thread) and build, as at start
         self._grace = grace
         self._lock = asyncio.Lock()
 
@@ -44,8 +42,9 @@ class Reloader:
         not verified for these bytes)."""
         async with self._lock:
             await self._registry.lifecycle.loaded.wait()
-            prepared = await asyncio.to_thread(self._prepare, spec)
-            new, served_before = self._build(prepared), spec.name in self._registry.models
+            # the old version keeps serving (and showing ready) while this converts
+            prepared = await asyncio.to_thread(self._supply.prepare, spec, _unshown)
+            new, served_before = self._supply.build(prepared), spec.name in self._registry.models
             if not await self._registry.swap(new, self._grace) and undo_failure \
                     and not served_before:
                 await self._registry.remove(spec.name, 0)
@@ -57,3 +56,6 @@ class Reloader:
             await self._registry.lifecycle.loaded.wait()
             await self._registry.remove(name, self._grace if grace is None else grace)
 
+
+def _unshown(_: Progress) -> None:
+    """A reload's conversion is not shown: the model's served version stays ready."""
