@@ -247,10 +247,10 @@ def _wait_settled(server, timeout: float = 180) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         models = {m["name"]: m for m in server.client.get("/api/models").json()["models"]}
-        if all(m["state"] != "loading" for m in models.values()):
+        if all(m["state"] not in ("converting", "loading") for m in models.values()):
             return models
         time.sleep(0.2)
-    raise AssertionError(f"models still loading:\n{server.log()}")
+    raise AssertionError(f"models still converting or loading:\n{server.log()}")
 
 
 # -- files that reach outside their folder or run code -----------------------------------------
