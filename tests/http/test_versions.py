@@ -4,6 +4,7 @@ Serving), with labels, readiness per version, and the version policy's start-up 
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import numpy as np
@@ -85,11 +86,18 @@ def test_readiness_reports_each_version(server):
     assert "versions" not in ready.json()["models"]["solo"]
 
 
-def test_each_version_has_its_own_workers(server):
+def test_each_version_has_its_own_workers_and_reports_their_memory(server):
     versions = server.core.registry.versions("m")
     pids = {v: set(m.pool.pids()) for v, m in versions.items()}
     assert all(pids.values()) and not pids["1"] & pids["2"]
     assert versions["1"].batcher is not versions["2"].batcher
+    listed = server.client.get("/api/models/m").json()["served_versions"]
+    for entry in listed:  # against ps's own reading of the same processes
+        ps = subprocess.run(["ps", "-o", "rss=", "-p", ",".join(map(str, pids[entry["version"]]))],
+                            capture_output=True, text=True, check=True)
+        expected = sum(int(v) for v in ps.stdout.split()) / 1024
+        assert entry["workers_rss_mb"] == pytest.approx(expected, rel=0.1)
+        assert entry["workers_rss_mb"] > 20  # ONNX Runtime and the model, at least
 
 
 # -- addressing on every protocol -------------------------------------------------------------

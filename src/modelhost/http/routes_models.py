@@ -46,7 +46,8 @@ def describe_model(registry: RegistryView, name: str, labels: bool = False) -> d
     workers (``served_versions``), and how requests without a version are routed."""
     body = describe(registry.model(name), labels)
     body["served_versions"] = [
-        {"version": v, "state": m.state, "error": m.error, "workers_ready": m.workers_ready}
+        {"version": v, "state": m.state, "error": m.error, "workers_ready": m.workers_ready,
+         "workers_rss_mb": m.pool.resident_mb()}
         for v, m in registry.versions(name).items()]
     body["routing"] = as_json(registry.policy(name))
     return body

@@ -94,6 +94,7 @@ class ServedVersion(BaseModel):
     state: str
     error: str | None
     workers_ready: int
+    workers_rss_mb: float | None  # its worker processes' resident memory (Linux)
 
 
 class Routing(BaseModel):
