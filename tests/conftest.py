@@ -5,7 +5,11 @@ folder for the whole session, so no server (in this process or a subprocess, whi
 the environment) reads or writes the real user's: the default prediction log
 (``$XDG_DATA_HOME/modelhost``) and modelhost's cache with the journal (``MODELHOST_CACHE_DIR``,
 which would otherwise be ``$XDG_CACHE_HOME/modelhost``). ``XDG_CACHE_HOME`` itself stays: the
-per-machine caches of built test models, torch and matplotlib live there on purpose.
+per-machine caches of built test models, torch and matplotlib live there on purpose. Under
+pytest-xdist each worker process loads this module, so each has a folder of its own.
+
+It also groups the tests for xdist (.ci/run: ``-n 3 --dist loadgroup``): a file, or the files
+sharing one costly session-scoped server, run in one worker.
 """
 
 from __future__ import annotations
@@ -28,6 +32,33 @@ os.environ["MODELHOST_CACHE_DIR"] = str(_SESSION_HOME / "cache")
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+# Test files that share one costly session-scoped server: under pytest-xdist (``-n``, as .ci/run
+# runs the suite) each group runs in one worker, so the server starts (and converts) once.
+_SHARED_SERVERS = {
+    "auto_server": ("runtimes/test_serving.py", "runtimes/test_convert.py"),
+    "demo_server": ("e2e/test_demo_http.py", "e2e/test_faithful_serving.py", "e2e/test_page.py"),
+}
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    """The file, or the name of the shared server its file belongs to."""
+    path = item.path.relative_to(Path(__file__).parent).as_posix()
+    return next((name for name, files in _SHARED_SERVERS.items() if path in files), path)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """One xdist group per file (module-scoped servers start once) or per shared server
+    (``--dist loadgroup`` in .ci/run); without xdist the marks do nothing. In an xdist worker
+    the groups holding a ``slow`` test come first (.ci/run keeps this order with
+    ``--no-loadscope-reorder``), so the longest ones start at once instead of ending the run."""
+    groups = {item: _xdist_group(item) for item in items}
+    for item, group in groups.items():
+        item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        slow = {group for item, group in groups.items() if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: groups[item] not in slow)  # stable: file order kept
 
 
 @pytest.fixture(scope="session")

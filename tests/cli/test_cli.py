@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from ..support import image_bytes, rgb_model, solid, start_server
 
 CLI = [sys.executable, "-m", "modelhost.cli"]
@@ -123,6 +125,7 @@ def test_keep_going_serves_the_rest_and_reports_the_failure(tmp_path):
         assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_predict_locally_and_against_a_server(tmp_path):
     model = rgb_model(tmp_path / "m")
     files = []

@@ -27,6 +27,7 @@ def held_out_digits() -> tuple[list[bytes], np.ndarray]:
     return pngs, y_test
 
 
+@pytest.mark.slow
 def test_digits_demo_is_accurate_on_held_out_digits(demo_server):
     pngs, labels = held_out_digits()
 

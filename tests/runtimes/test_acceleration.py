@@ -209,6 +209,7 @@ def test_cuda_without_a_gpu_stops_the_start_with_one_line(imagenet: Path, tmp_pa
     assert 'pip install "modelhost[gpu]"' in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_cuda_then_cpu_serves_int8_on_the_cpu_and_says_so(
         imagenet: Path, photos: Path, optimized: tuple[Path, str], tmp_path: Path) -> None:
     folder = copy_model(imagenet, tmp_path / "imagenet",
@@ -380,6 +381,7 @@ def test_int8_record_for_other_bytes_is_refused(imagenet: Path, photos: Path,
     assert "made for another version of the model" in start_server_failing(folder, tmp_path)
 
 
+@pytest.mark.slow
 def test_optimize_int8_on_a_keras_model_and_predict_with_it(
         built: Path, cache_dir: Path, tmp_path: Path) -> None:
     """A Keras model (trained on scikit-learn's scanned digits) is converted to ONNX, quantised

@@ -145,6 +145,7 @@ def test_protect_ops_closes_health_and_metrics(rgb_repo, tmp_path):
         assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_predict_and_bench_send_the_api_key(keyed, tmp_path):
     """--api-key, or MODELHOST_API_KEY; without one, one line and exit 2 before any run."""
     import json

@@ -35,6 +35,7 @@ def run_load(url: str, count: int, threads: int = 8) -> list[httpx.Response]:
         return list(pool.map(lambda _: post(url), range(count)))
 
 
+@pytest.mark.slow
 def test_killed_worker_fails_only_its_requests_and_is_restarted(server):
     pids = server.worker_pids()
     assert len(pids) == 2
