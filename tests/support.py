@@ -164,17 +164,20 @@ COLOURS = ("red", "green", "blue")
 
 
 def rgb_model(folder: Path, size: int = 9, layout: str = "NCHW", toml: str = "",
-              labels: tuple[str, ...] = COLOURS, outputs: int = 3) -> Path:
+              labels: tuple[str, ...] = COLOURS, outputs: int = 3,
+              order: tuple[int, int, int] = (0, 1, 2)) -> Path:
     """A real ONNX model whose logits are 10 × the mean of each colour channel.
 
     Its answer is known for any image (the dominant colour), so tests can assert labels, crop
-    geometry and preprocessing without a trained network.
+    geometry and preprocessing without a trained network. ``order`` permutes the weights:
+    logit ``j`` is 10 × the mean of channel ``order[j]`` (a second version that answers
+    differently, with the same labels).
     """
     folder.mkdir(parents=True, exist_ok=True)
     axes = [2, 3] if layout == "NCHW" else [1, 2]
     shape = ["n", 3, size, size] if layout == "NCHW" else ["n", size, size, 3]
     weight = np.zeros((3, outputs), dtype=np.float32)
-    weight[:, :3] = np.eye(3, dtype=np.float32) * 10
+    weight[:, :3] = np.eye(3, dtype=np.float32)[:, list(order)] * 10
     graph = helper.make_graph(
         [
             helper.make_node("ReduceMean", ["image"], ["mean"], axes=axes, keepdims=0),

@@ -31,6 +31,7 @@ from .inputs.urlfetch import UrlFetcher
 from .metrics import Metrics
 from .predictor import Predictor
 from .registry import Progress, Registry, ServedModel
+from .repository import each_version
 from .settings import ConfigError, Settings
 from .supply.control import ModelControl
 from .supply.reloader import Reloader
@@ -89,7 +90,8 @@ class _Supply:
 def build_core(settings: Settings, specs: list[ModelSpec]) -> Core:
     """The registry (of ``specs`` as given: each is prepared in the models' start) and the
     predictor."""
-    registry = Registry([_served_model(spec, settings) for spec in specs],
+    registry = Registry([_served_model(version, settings)
+                         for spec in specs for version in each_version(spec)],
                         keep_going=settings.keep_going, supply=_Supply(settings))
     fetcher = (
         UrlFetcher(allow_private=settings.allow_private_urls, max_bytes=settings.url_max_bytes,

@@ -112,9 +112,9 @@ class _Servicer:
         return self._pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request, context):
-        found = await _answer(context, self._registry.served, request.name,
+        found = await _answer(context, served_v2.described, self._registry, request.name,
                               request.version)
-        meta = served_v2.metadata(found)
+        meta = served_v2.metadata(self._registry, found)
         tensor = self._pb.ModelMetadataResponse.TensorMetadata
         return self._pb.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -133,16 +133,17 @@ class _Servicer:
         return response
 
     async def _infer(self, request, context):
-        found = self._registry.served(request.model_name, request.model_version or None)
+        remaining = context.time_remaining()
+        timeout = min(self._timeout, remaining) if remaining is not None else self._timeout
+        deadline = asyncio.get_running_loop().time() + timeout
+        call = Call(deadline, _request_id(context), client_name.get(), bench=_is_bench(context),
+                    version=request.model_version or None, peer=_peer(context))
+        found = self._predictor.served(request.model_name, call)
         rows = served_v2.rows(found, _inputs(request))
         wanted = served_v2.wanted_outputs(
             found, [(o.name, _parameters(o.parameters)) for o in request.outputs] or None,
             binary_default=True)
-        remaining = context.time_remaining()
-        timeout = min(self._timeout, remaining) if remaining is not None else self._timeout
-        deadline = asyncio.get_running_loop().time() + timeout
-        call = Call(deadline, _request_id(context), client_name.get(), bench=_is_bench(context))
-        result = await self._predictor.infer(found.spec.name, rows, call)
+        result = await self._predictor.infer(found, rows, call)
         values = served_v2.output_values(found, wanted, result.outputs)
         response = self._pb.ModelInferResponse(model_name=found.spec.name,
                                                model_version=found.spec.version,
@@ -205,6 +206,12 @@ def _request_id(context) -> str:
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 64:
             return value
     return secrets.token_hex(8)
+
+
+def _peer(context) -> str | None:
+    """The client's address without its port (``ipv4:127.0.0.1:5123``), for sticky routing."""
+    peer = context.peer() or ""
+    return peer.rpartition(":")[0] or None
 
 
 def _is_bench(context) -> bool:

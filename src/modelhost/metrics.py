@@ -41,6 +41,10 @@ class Metrics:
             "modelhost_invalid_outputs", "Predictions refused: the model output NaN or inf.",
             ["model"], registry=r,
         )
+        self.shadow_dropped = Counter(
+            "modelhost_shadow_dropped", "Shadow runs not made: queues half full, or the "
+            "shadow version not ready or failing.", ["model"], registry=r,
+        )
         self.batch_size = Histogram(
             "modelhost_batch_size", "Requests per model batch.", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,

@@ -1,9 +1,12 @@
 """The one request path: every protocol's rows go through :meth:`Predictor._run`.
 
     admit (not draining) → deadline → [native: read the source]
-    → _run: served model → header check (format, pixel cap, crop point) → poison quarantine
+    → _run: served version (named, labelled, or chosen by the model's routing)
+      → header check (format, pixel cap, crop point) → poison quarantine
       → the model's batcher → worker (decode, preprocess, runtime) → NaN/Inf check
       → probabilities + top-k → metrics, the per-prediction log line, the prediction record
+      → [routed, and the model has a shadow version: the same rows on it, in the background,
+         recorded as its shadow, never returned; dropped first when queues are half full]
 
 Native predict, multi-model predict, V2 REST, V2 gRPC and TF Serving all call it, so they all
 quarantine, refuse NaN, log and record alike, and every prediction has an id its client gets
@@ -19,12 +22,12 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .batching.batcher import BatchOutput
-from .errors import InternalError, ModelhostError, Timeout, Unavailable
+from .errors import InternalError, ModelhostError, NotFound, Timeout, Unavailable
 from .feedback.recorder import PredictionLog
 from .inputs.images import check
 from .inputs.sources import Source, SourceReader
@@ -49,17 +52,35 @@ class PredictRequest:
     top_k: int | None = None
     client: str | None = None  # the API key's name, for the prediction log
     bench: bool = False  # load-test traffic (X-Modelhost-Bench): stored marked as such
+    version: str | None = None  # the version the path names (/versions/{v}), if any
+    label: str | None = None  # the version label the path names (/labels/{label}), if any
+    peer: str | None = None  # the client's address: sticky routing without an API key
 
 
 @dataclass(frozen=True)
 class Call:
-    """Who is asking and until when: the same for every row of one request."""
+    """Who is asking and until when, and which version: the same for every row of one
+    request."""
 
     deadline: float
     request_id: str
     client: str | None = None
     top_k: int | None = None
     bench: bool = False  # load-test traffic (X-Modelhost-Bench): stored marked as such
+    version: str | None = None  # named by the request; None: the model's routing chooses
+    label: str | None = None
+    peer: str | None = None  # the client's address
+    routed: bool = False  # the version was the routing's choice (not named): shadowed
+
+    @property
+    def routing_key(self) -> str | None:
+        """Who the client is for sticky routing: its API key's name, else its address."""
+        return self.client or self.peer
+
+    def on(self, model: ServedModel) -> Call:
+        """This call pinned to ``model``'s version: the rows run where the adapter looked."""
+        return replace(self, version=model.spec.version, label=None,
+                       routed=self.routed or (self.version is None and self.label is None))
 
 
 @dataclass(frozen=True)
@@ -85,8 +106,11 @@ class Predictor:
         self._metrics = metrics
         self._max_pixels = max_pixels
         self.prediction_log = prediction_log
+        self._shadows: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
+        for task in list(self._shadows):
+            task.cancel()
         await self._sources.aclose()
 
     # -- the entry points, one per request shape -------------------------------------------
@@ -94,9 +118,10 @@ class Predictor:
     async def predict(self, name: str, request: PredictRequest, deadline: float,
                       request_id: str) -> Prediction:
         """One image named by a native request through one model."""
-        call = Call(deadline, request_id, request.client, request.top_k, request.bench)
+        call = Call(deadline, request_id, request.client, request.top_k, request.bench,
+                    request.version, request.label, request.peer)
         with self._admitted():
-            self._registry.served(name)  # 404/503 before the source is read
+            call = call.on(self._served(name, call))  # 404/503 before the source is read
             started = time.perf_counter()
             async with _deadline(deadline):
                 data, fetch_ms = await self._fetch(request.source)
@@ -107,7 +132,8 @@ class Predictor:
     async def predict_many(self, names: list[str], request: PredictRequest, deadline: float,
                            request_id: str) -> dict[str, Prediction | ModelhostError]:
         """One image through several models in parallel; each fails on its own."""
-        call = Call(deadline, request_id, request.client, request.top_k, request.bench)
+        call = Call(deadline, request_id, request.client, request.top_k, request.bench,
+                    peer=request.peer)
         with self._admitted():
             started = time.perf_counter()
             async with _deadline(deadline):
@@ -119,12 +145,18 @@ class Predictor:
             )
         return {n: _as_outcome(r) for n, r in zip(names, results, strict=True)}
 
-    async def infer(self, name: str, rows: list[Row], call: Call) -> Inference:
-        """Rows of one tensor-protocol request (V2, TF Serving, gRPC) through one model: each
-        row joins the batcher on its own, so these requests batch with every other; a failing
-        row fails the request (the protocols have no per-row errors)."""
+    async def infer(self, model: ServedModel, rows: list[Row], call: Call) -> Inference:
+        """Rows of one tensor-protocol request (V2, TF Serving, gRPC) through the served
+        version the adapter looked up (with :meth:`served`, to read its input) and made the
+        rows for: each row joins the batcher on its own, so these requests batch with every
+        other; a failing row fails the request (the protocols have no per-row errors)."""
         with self._admitted():
-            return await self._run_in_time(name, rows, call, time.perf_counter(), 0.0)
+            return await self._run_in_time(model.spec.name, rows, call.on(model),
+                                           time.perf_counter(), 0.0)
+
+    def served(self, name: str, call: Call) -> ServedModel:
+        """The served version a call goes to (the one lookup every protocol makes)."""
+        return self._served(name, call)
 
     # -- the run step ----------------------------------------------------------------------
 
@@ -136,7 +168,7 @@ class Predictor:
     async def _run(self, name: str, rows: list[Row], call: Call, started: float,
                    fetch_ms: float) -> Inference:
         """The one run step: check every row, batch them, check and record every result."""
-        model = self._registry.served(name)  # again: --watch may have swapped it meanwhile
+        model = self._served(name, call)  # again: --watch may have swapped it meanwhile
         try:
             for data, region in rows:  # every row is checked before any row queues
                 if isinstance(region, Region):
@@ -153,11 +185,53 @@ class Predictor:
             raise
         predictions = [self._finish(model, row, out, call, started, fetch_ms)
                        for row, out in zip(rows, outs, strict=True)]
+        if call.routed or (call.version is None and call.label is None):
+            self._shadow(model, rows, call, predictions)
         return Inference(np.stack([out.row for out in outs]), predictions)
 
+    # -- the shadow version ----------------------------------------------------------------
+
+    def _shadow(self, answering: ServedModel, rows: list[Row], call: Call,
+                answered: list[Prediction]) -> None:
+        """Run the rows on the model's shadow version too, in the background (never awaited
+        by the request: its answer is already made)."""
+        try:
+            version = self._registry.policy(answering.spec.name).shadow
+        except NotFound:  # removed meanwhile (V2 unload): nothing to shadow
+            return
+        if version is None or version == answering.spec.version:
+            return
+        task = asyncio.create_task(self._run_shadow(answering, version, rows, call, answered))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _run_shadow(self, answering: ServedModel, version: str, rows: list[Row],
+                          call: Call, answered: list[Prediction]) -> None:
+        """The shadow run: dropped (and counted) when either version's queue is half full,
+        so that answered traffic keeps its places; recorded with ``shadow_of``."""
+        name = answering.spec.name
+        try:
+            shadow = self._registry.served(name, version)
+            if shadow.batcher.half_full or answering.batcher.half_full:
+                raise Unavailable("queues half full: shadow run dropped", "overloaded")
+            started = time.perf_counter()
+            async with _deadline(call.deadline):
+                outs = await _submit(shadow, rows, call.deadline)
+        except ModelhostError:
+            self._metrics.shadow_dropped.labels(name).inc()
+            return
+        except Exception:  # never lost silently, never a request's failure
+            log.exception("shadow run of %s version %s failed", name, version)
+            self._metrics.shadow_dropped.labels(name).inc()
+            return
+        for row, out, prediction in zip(rows, outs, answered, strict=True):
+            if np.isfinite(out.row).all():
+                self._finish(shadow, row, out, call, started, 0.0, shadow_of=prediction.id)
+
     def _finish(self, model: ServedModel, row: Row, out: BatchOutput, call: Call,
-                started: float, fetch_ms: float) -> Prediction:
-        """One row's prediction: labels, timings, metrics, log line and record."""
+                started: float, fetch_ms: float, shadow_of: str | None = None) -> Prediction:
+        """One row's prediction: labels, timings, metrics, log line and record (a shadow's:
+        the record only, marked with the answered prediction's id)."""
         config = model.spec.config
         labels = top_k(probabilities(out.row, config.output_kind), model.spec.labels,
                        call.top_k or config.top_k)
@@ -166,16 +240,22 @@ class Predictor:
                           total=(time.perf_counter() - started) * 1000)
         prediction = Prediction(uuid.uuid4().hex, model.spec.name, model.spec.version, labels,
                                 timings, out.batch_size)
-        self._observe(prediction, call.request_id)
+        if shadow_of is None:
+            self._observe(prediction, call.request_id)
         if self.prediction_log is not None:
             data, region = row
             self.prediction_log.record(
                 prediction, data=data, sha256=out.sha256,
                 region=region if isinstance(region, Region) else Region(),
-                client=call.client, request_id=call.request_id, bench=call.bench)
+                client=call.client, request_id=call.request_id, bench=call.bench,
+                shadow_of=shadow_of)
         return prediction
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _served(self, name: str, call: Call) -> ServedModel:
+        return self._registry.served(name, call.version, label=call.label,
+                                     client=call.routing_key)
 
     async def _fetch(self, source: Source) -> tuple[bytes, float]:
         started = time.perf_counter()

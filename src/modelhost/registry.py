@@ -5,6 +5,12 @@ A :class:`Registry` is the only place that loads, swaps and retires models (star
 and the only place that says whether a model may answer (:meth:`Registry.served`), so every
 protocol refuses the same requests with the same errors. Protocols read it through
 :class:`RegistryView`, which cannot change it.
+
+A model may serve several versions side by side (``[versions]`` in its modelhost.toml), each a
+:class:`ServedModel` with its own workers, batcher and readiness. ``models`` holds each model's
+highest served version (listings, metrics, ``--watch``); :meth:`Registry.served` picks the
+version a request names, by number or label, or the one its routing policy chooses
+(``routing.py``), so version choice is the same on every protocol.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from typing import Any, Protocol
 from .batching.batcher import Batcher
 from .errors import NotFound, StartupError, Unavailable
 from .preprocessing import PreprocessingError, resolve
+from .routing import choose, labelled
 from .tuning import Choice, Tuner
-from .types import ModelInfo, ModelSpec, Preprocessing
+from .types import ModelInfo, ModelSpec, Preprocessing, VersionPolicy
 from .workers.pool import LoadError, ModelPool
 
 log = logging.getLogger("modelhost.registry")
@@ -120,7 +127,12 @@ class RegistryView(Protocol):
 
     def model(self, name: str) -> ServedModel: ...
 
-    def served(self, name: str, version: str | None = None) -> ServedModel: ...
+    def served(self, name: str, version: str | None = None, *, label: str | None = None,
+               client: str | None = None) -> ServedModel: ...
+
+    def versions(self, name: str) -> dict[str, ServedModel]: ...
+
+    def policy(self, name: str) -> VersionPolicy: ...
 
     def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
@@ -130,50 +142,92 @@ class Registry:
 
     def __init__(self, models: list[ServedModel], *, keep_going: bool,
                  supply: Supply | None = None) -> None:
-        self._models = {m.spec.name: m for m in models}
+        self._models: dict[str, ServedModel] = {}  # each model's highest served version
+        self._others: dict[str, dict[str, ServedModel]] = {}  # its other served versions
+        self._policies: dict[str, VersionPolicy] = {}
+        self._earlier: dict[str, list[VersionPolicy]] = {}  # replaced at run time, for rollback
+        for model in sorted(models, key=lambda m: int(m.spec.version)
+                            if m.spec.version.isdigit() else 0):
+            self._add(model)
         self.lifecycle = Lifecycle()
         self._keep_going = keep_going
         self._supply = supply  # None: the models' specs are served as they are
+
+    def _add(self, model: ServedModel) -> None:
+        """Serve ``model`` as the highest version of its name (the one before it, if any,
+        joins the others: models arrive in version order)."""
+        name = model.spec.name
+        previous = self._models.get(name)
+        if previous is not None:
+            self._others.setdefault(name, {})[previous.spec.version] = previous
+        self._models[name] = model
+        self._policies[name] = model.spec.policy or _alone(model.spec.version)
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
         return self._models
 
+    @property
+    def every_version(self) -> list[ServedModel]:
+        """Every served version of every model (what starts, stops and must be ready)."""
+        return [m for name in self._models for m in self.versions(name).values()]
+
     # -- reading ---------------------------------------------------------------------------
 
     def model(self, name: str) -> ServedModel:
-        """The model of that name in any state; 404 when there is none."""
+        """The model of that name (its highest served version) in any state; 404 when there
+        is none."""
         model = self._models.get(name)
         if model is None:
             raise NotFound(f"no model named {name!r}")
         return model
 
-    def served(self, name: str, version: str | None = None) -> ServedModel:
-        """The model that answers for ``name`` (and ``version``, when one is named: only the
-        served one answers); 404 or 503 ``not_ready`` otherwise. Every protocol calls this."""
-        model = self.model(name)
-        if version and version != model.spec.version:
+    def versions(self, name: str) -> dict[str, ServedModel]:
+        """The served versions of ``name``, lowest first; 404 for an unknown model."""
+        top = self.model(name)
+        return {**self._others.get(name, {}), top.spec.version: top}
+
+    def policy(self, name: str) -> VersionPolicy:
+        """How requests for ``name`` are shared among its versions (404 for an unknown one)."""
+        self.model(name)
+        return self._policies[name]
+
+    def served(self, name: str, version: str | None = None, *, label: str | None = None,
+               client: str | None = None) -> ServedModel:
+        """The served version that answers a request for ``name``: the ``version`` or
+        ``label`` it names, else the one the routing policy chooses (by split, sticky per
+        ``client``); 404 for an unknown model, version or label, 503 ``not_ready`` when that
+        version cannot answer yet. Every protocol calls this."""
+        versions, policy = self.versions(name), self._policies[name]
+        if label is not None:
+            version = labelled(policy, label)
+            if version is None:
+                raise NotFound(f"model {name!r} has no version labelled {label!r}")
+        model = versions.get(version or choose(policy, client))
+        if model is None:
             raise NotFound(f"version {version!r} of model {name!r} is not served")
         check_ready(model)
         return model
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready only when not draining and every model has a live, warmed-up worker."""
-        models = {
-            name: {"state": m.state, "workers_ready": m.workers_ready,
-                   **({"progress": m.progress.describe()} if m.progress else {}),
-                   **({"error": m.error} if m.error else {}),
-                   **({"update_error": m.update_error} if m.update_error else {})}
-            for name, m in self._models.items()
-        }
+        models = {name: {**_health(m), **self._versions_health(name)}
+                  for name, m in self._models.items()}
         ready = (
             not self.lifecycle.draining
             and self.lifecycle.loaded.is_set()
             and all(m.state is ModelState.READY and m.workers_ready > 0
-                    for m in self._models.values())
+                    for m in self.every_version)
         )
         reason = "draining" if self.lifecycle.draining else None
         return ready, {"ready": ready, "reason": reason, "models": models}
+
+    def _versions_health(self, name: str) -> dict[str, Any]:
+        """Each served version's health, for a model serving more than one."""
+        versions = self.versions(name)
+        if len(versions) == 1:
+            return {}
+        return {"versions": {v: _health(m) for v, m in versions.items()}}
 
     def state_rows(self) -> list[dict[str, Any]]:
         """Per-model numbers for the metrics collector."""
@@ -186,16 +240,37 @@ class Registry:
             for n, m in self._models.items()
         ]
 
+    # -- routing at run time ---------------------------------------------------------------
+
+    def reroute(self, name: str, policy: VersionPolicy) -> None:
+        """Route requests for ``name`` by ``policy`` from now on (the policy it replaces is
+        kept for :meth:`rollback`). One assignment: each request looks its policy up once, so
+        a request in flight finishes on the version it was given and none fails."""
+        previous = self.policy(name)
+        self._policies[name] = policy
+        self._earlier.setdefault(name, []).append(previous)
+
+    def earlier(self, name: str) -> VersionPolicy | None:
+        """The policy the last run-time change replaced (None: no change since start)."""
+        self.model(name)
+        earlier = self._earlier.get(name)
+        return earlier[-1] if earlier else None
+
+    def rollback(self, name: str) -> None:
+        """Go back to the policy before the last run-time change (see :meth:`earlier`)."""
+        self.policy(name)
+        self._policies[name] = self._earlier[name].pop()
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Supply each model (convert it when it needs it; one conversion at a time, in
-        repository order, as ``modelhost prepare`` does), choose its layout (cached, or
-        measured: one model at a time, never beside a conversion) and load it in its workers;
-        a failure is fatal unless ``keep_going``."""
+        """Supply each served version (convert it when it needs it; one conversion at a time,
+        in repository order, as ``modelhost prepare`` does), choose its layout (cached, or
+        measured: one version at a time, never beside a conversion) and load it in its
+        workers; a failure is fatal unless ``keep_going``."""
         loads = []
         try:
-            for model in list(self._models.values()):
+            for model in self.every_version:
                 supplied = await self._supplied(model)
                 if supplied is not None:
                     await supplied.choose_layout()
@@ -204,12 +279,13 @@ class Registry:
         finally:
             for load in loads:
                 load.cancel()
-            for model in self._models.values():
+            for model in self.every_version:
                 if model.progress is not None:  # stopped mid-conversion
                     model.progress.cancel()
-        failed = [m for m in self._models.values() if m.state is ModelState.FAILED]
+        failed = [m for m in self.every_version if m.state is ModelState.FAILED]
         if failed and not self._keep_going:
-            self.lifecycle.fatal = "; ".join(f"{m.spec.name}: {m.error}" for m in failed)
+            self.lifecycle.fatal = "; ".join(f"{m.spec.name} version {m.spec.version}: "
+                                             f"{m.error}" for m in failed)
         self.lifecycle.loaded.set()
 
     async def _supplied(self, model: ServedModel) -> ServedModel | None:
@@ -234,8 +310,16 @@ class Registry:
             return None
         new = model if spec == model.spec else self._supply.build(spec)
         new.state, new.progress = ModelState.LOADING, None
-        self._models[new.spec.name] = new
+        self._put(model, new)
         return new
+
+    def _put(self, old: ServedModel, new: ServedModel) -> None:
+        """``new`` in the place of ``old`` (the highest version, or one of the others)."""
+        name = old.spec.name
+        if self._models.get(name) is old:
+            self._models[name] = new
+        else:
+            self._others[name][old.spec.version] = new
 
     @staticmethod
     def _converting(model: ServedModel, step: Progress) -> None:
@@ -244,7 +328,9 @@ class Registry:
     async def swap(self, new: ServedModel, grace: float) -> bool:
         """Load and warm ``new`` beside the model of that name, then switch traffic to it in
         one step and drain the old one. If ``new`` fails, the old one keeps serving and the
-        failure is reported on /readyz and /api/models."""
+        failure is reported on /readyz and /api/models. ``new`` takes the place of the highest
+        served version (``--watch`` and V2 model control reload that one; the model's other
+        served versions keep serving)."""
         await new.choose_layout()
         await self._load(new)
         old = self._models.get(new.spec.name)
@@ -253,6 +339,9 @@ class Registry:
             old.update_error = f"version {new.spec.version} failed to load: {new.error}"
             return False
         self._models[new.spec.name] = new  # requests look their model up again at submit time
+        self._policies[new.spec.name] = _kept(self._policies.get(new.spec.name), new,
+                                              self._others.get(new.spec.name, {}))
+        self._earlier.pop(new.spec.name, None)  # earlier policies were for the old versions
         if old is not None:
             await self._retire(old, grace)
         return new.state is ModelState.READY
@@ -260,9 +349,12 @@ class Registry:
     async def remove(self, name: str, grace: float) -> None:
         """Stop serving ``name``: new requests get 404, queued ones finish first."""
         old = self._models.pop(name, None)
-        if old is not None:
-            old.state = ModelState.REMOVED
-            await self._retire(old, grace)
+        others = self._others.pop(name, {})
+        self._policies.pop(name, None)
+        self._earlier.pop(name, None)
+        for model in [*others.values(), *([old] if old is not None else [])]:
+            model.state = ModelState.REMOVED
+            await self._retire(model, grace)
 
     async def drain(self, grace: float) -> None:
         """Refuse new predictions and wait (at most ``grace`` s) for in-flight ones."""
@@ -272,9 +364,9 @@ class Registry:
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
-        for model in self._models.values():
+        for model in self.every_version:
             await model.batcher.stop()
-        await asyncio.gather(*(m.pool.stop() for m in self._models.values()))
+        await asyncio.gather(*(m.pool.stop() for m in self.every_version))
 
     async def _load(self, model: ServedModel) -> None:
         try:
@@ -284,7 +376,8 @@ class Registry:
         except (LoadError, PreprocessingError) as exc:
             model.state, model.error = ModelState.FAILED, str(exc)
             await model.pool.stop()
-            log.error("model %s (%s) failed to load: %s", model.spec.name, model.spec.path, exc,
+            log.error("model %s (%s) version %s failed to load: %s", model.spec.name,
+                      model.spec.path, model.spec.version, exc,
                       extra={"fields": {"model": model.spec.name, "file": str(model.spec.path)}})
             return
         model.info, model.state = info, ModelState.READY
@@ -303,6 +396,29 @@ class Registry:
         await old.batcher.stop()
         await old.pool.stop()
         log.info("model %s version %s stopped", old.spec.name, old.spec.version)
+
+
+def _alone(version: str) -> VersionPolicy:
+    """The policy of a model serving one version."""
+    return VersionPolicy(served=(version,), default=version)
+
+
+def _kept(policy: VersionPolicy | None, new: ServedModel,
+          others: Mapping[str, ServedModel]) -> VersionPolicy:
+    """The policy once ``new`` replaced the highest version: the one its files give, else the
+    old one while it still names exactly the served versions, else ``new`` as the default."""
+    served = {*others, new.spec.version}
+    for candidate in (new.spec.policy, policy):
+        if candidate is not None and set(candidate.served) == served:
+            return candidate
+    return VersionPolicy(served=tuple(sorted(served, key=int)), default=new.spec.version)
+
+
+def _health(model: ServedModel) -> dict[str, Any]:
+    return {"state": model.state, "workers_ready": model.workers_ready,
+            **({"progress": model.progress.describe()} if model.progress else {}),
+            **({"error": model.error} if model.error else {}),
+            **({"update_error": model.update_error} if model.update_error else {})}
 
 
 def check_ready(model: ServedModel) -> None:

@@ -4,7 +4,8 @@ Layouts understood::
 
     model.onnx (+ labels.txt, modelhost.toml beside it)       one model, named after the file
     cats_dogs/ model.onnx labels.txt [modelhost.toml]         one model folder
-    cats_dogs/ 1/model.onnx 2/model.onnx labels.txt           numbered versions; highest serves
+    cats_dogs/ 1/model.onnx 2/model.onnx labels.txt           numbered versions; the highest
+                                                              serves, or those [versions] names
     models/ cats_dogs/ ... theme/ ...                         a repository of model folders
 
 Nothing here loads a runtime: it only finds files and reads text, so errors are fast and name the
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import tomllib
 import zipfile
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import StartupError
 from .inputs import pipelines
+from .routing import PolicyError, policy_of
 from .runtimes import providers
 from .types import (
     DECODES,
@@ -31,6 +34,7 @@ from .types import (
     SCALINGS,
     ModelConfig,
     ModelSpec,
+    VersionPolicy,
 )
 
 MODEL_SUFFIXES = {
@@ -68,8 +72,16 @@ def load_repository(root: Path, fmt: str | None = None,
         specs = [_model_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and _is_model(d)]
     if not specs:
         raise RepositoryError(f"{root}: no model files found (looked for {_known()})")
-    specs = specs if fmt is None else [replace(s, format=fmt) for s in specs]
-    return specs if pipeline is None else [_with_pipeline(s, pipeline) for s in specs]
+    if fmt is not None:
+        specs = [_for_each_version(s, lambda v: replace(v, format=fmt)) for s in specs]
+    if pipeline is not None:
+        specs = [_for_each_version(s, lambda v: _with_pipeline(v, pipeline)) for s in specs]
+    return specs
+
+
+def _for_each_version(spec: ModelSpec, change: Callable[[ModelSpec], ModelSpec]) -> ModelSpec:
+    """``change`` applied to ``spec`` and to each of its other served versions."""
+    return replace(change(spec), others=tuple(change(o) for o in spec.others))
 
 
 def _with_pipeline(spec: ModelSpec, name: str) -> ModelSpec:
@@ -114,27 +126,54 @@ def _single_file(path: Path, forced: str | None) -> ModelSpec:
 
 
 def _model_folder(folder: Path) -> ModelSpec:
+    """The folder's model; with numbered versions, the highest served one, carrying the
+    other served versions (``[versions] serve``) in ``others``."""
     versions = _version_dirs(folder)
-    if versions:
-        latest = versions[-1]
-        model_dir = folder / latest
-        version_names = tuple(versions)
-    else:
-        latest, model_dir, version_names = "1", folder, ("1",)
+    if not versions:
+        return _version_spec(folder, folder, "1", ("1",))
+    policy, replicas = _policy(folder / CONFIG_NAME, versions)
+    specs = [_version_spec(folder, folder / v, v, tuple(versions), policy, replicas.get(v))
+             for v in policy.served]
+    return replace(specs[-1], others=tuple(specs[:-1]))
+
+
+def _version_spec(folder: Path, model_dir: Path, version: str, versions: tuple[str, ...],
+                  policy: VersionPolicy | None = None, replicas: int | None = None) -> ModelSpec:
     model_file = _model_file(model_dir)
     if model_file is None:
         raise RepositoryError(f"{model_dir}: no model file (looked for {_known()})")
     labels_file = _first_existing(model_dir / LABELS_NAME, folder / LABELS_NAME)
     config_file = _first_existing(model_dir / CONFIG_NAME, folder / CONFIG_NAME)
+    config = read_config(config_file, versions_allowed=policy is not None
+                         and config_file == folder / CONFIG_NAME)
     return ModelSpec(
         name=_clean_name(folder.name),
-        version=latest,
+        version=version,
         path=model_file,
         format=_format_of(model_file) or "unknown",
         **_labels(labels_file),
-        config=read_config(config_file),
-        versions=version_names,
+        config=config if replicas is None else replace(config, replicas=replicas),
+        versions=versions,
+        policy=policy,
     )
+
+
+def _policy(path: Path, available: list[str]) -> tuple[VersionPolicy, dict[str, int]]:
+    """The folder's ``[versions]`` section read against its version folders (none: the
+    highest serves alone)."""
+    table = _read_toml(path).get("versions", {}) if path.is_file() else {}
+    if not isinstance(table, dict):
+        raise RepositoryError(f"{path}: [versions] must be a table")
+    try:
+        return policy_of(table, available)
+    except PolicyError as exc:
+        raise RepositoryError(f"{path}: versions.{exc}") from None
+
+
+def each_version(spec: ModelSpec) -> list[ModelSpec]:
+    """Every served version of ``spec``'s model, each on its own: its other versions, then
+    itself (the highest)."""
+    return [*spec.others, replace(spec, others=())]
 
 
 def _first_existing(*paths: Path) -> Path:
@@ -269,19 +308,31 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 
-def read_config(path: Path) -> ModelConfig:
-    """Parse ``modelhost.toml``; every error names the file, the key and the problem."""
-    if not path.is_file():
-        return ModelConfig()
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RepositoryError(f"{path}: not valid TOML ({exc})") from exc
+
+
+def read_config(path: Path, versions_allowed: bool = False) -> ModelConfig:
+    """Parse ``modelhost.toml``; every error names the file, the key and the problem.
+    ``[versions]`` (read by :func:`_policy`) belongs only in the modelhost.toml of a folder
+    with numbered version folders."""
+    if not path.is_file():
+        return ModelConfig()
+    data = _read_toml(path)
     values: dict[str, Any] = {}
     for section, table in data.items():
+        if section == "versions":
+            if not versions_allowed:
+                raise RepositoryError(f"{path}: [versions] belongs in the modelhost.toml of a "
+                                      "model folder with numbered version folders (1/, 2/, …)")
+            continue
         keys = _SECTIONS.get(section)
         if keys is None or not isinstance(table, dict):
-            raise RepositoryError(f"{path}: unknown section [{section}] (known: {list(_SECTIONS)})")
+            raise RepositoryError(f"{path}: unknown section [{section}] "
+                                  f"(known: {[*_SECTIONS, 'versions']})")
         for key, value in table.items():
             if key not in keys:
                 raise RepositoryError(f"{path}: [{section}] unknown key {key!r}")

@@ -153,6 +153,25 @@ class RuntimeOptions:
 
 
 @dataclass(frozen=True)
+class VersionPolicy:
+    """A model folder's ``[versions]`` section: which numbered versions serve, their labels,
+    and how requests that name no version are shared among them (``routing.py`` applies it).
+
+    ``served`` is already resolved against the folder (``"latest:2"`` → the two highest);
+    ``split`` maps version → weight (summing to 100; empty = everything to ``default``);
+    ``sticky`` keeps one client (API key name, else address) on one version; ``shadow`` also
+    runs every defaulted request on that version without returning its answer.
+    """
+
+    served: tuple[str, ...]
+    default: str
+    labels: tuple[tuple[str, str], ...] = ()
+    split: tuple[tuple[str, int], ...] = ()
+    sticky: bool = False
+    shadow: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One servable model: where its file is, its labels and its configuration.
 
@@ -174,6 +193,8 @@ class ModelSpec:
     source_format: str = ""
     runtime_note: str = ""
     problem: str = ""  # found while reading the folder (bad labels.txt): loading fails with it
+    policy: VersionPolicy | None = None  # [versions] of modelhost.toml; None: the highest serves
+    others: tuple[ModelSpec, ...] = ()  # the other served versions (policy), each its own spec
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from scipy.stats import binomtest
 
 from modelhost.feedback import report
 
@@ -49,9 +50,12 @@ def test_accuracy_counts_top1_topk_labels_and_confusions():
 def test_over_time_splits_by_version_and_hour():
     rows = [row(1, ["a"], "a", True, "1", T0), row(2, ["a"], "b", False, "1", T0),
             row(3, ["a"], "a", True, "2", T0 + timedelta(hours=1, minutes=5))]
+    wilson = [list(binomtest(h, n).proportion_ci(method="wilson")) for h, n in ((1, 2), (1, 1))]
     assert report.over_time(rows) == [
-        {"version": "1", "start": "2026-11-01T10:00:00+00:00", "feedback": 2, "top1_rate": 0.5},
-        {"version": "2", "start": "2026-11-01T11:00:00+00:00", "feedback": 1, "top1_rate": 1.0},
+        {"version": "1", "start": "2026-11-01T10:00:00+00:00", "feedback": 2, "top1_rate": 0.5,
+         "ci95": pytest.approx(wilson[0], abs=1e-6)},
+        {"version": "2", "start": "2026-11-01T11:00:00+00:00", "feedback": 1, "top1_rate": 1.0,
+         "ci95": pytest.approx(wilson[1], abs=1e-6)},
     ]
 
 

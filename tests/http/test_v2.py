@@ -62,7 +62,7 @@ def test_model_metadata_has_a_variable_batch_dimension(repo_server):
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}],
     }
     nhwc = c.get("/v2/models/rgb_nhwc/versions/2").json()
-    assert nhwc["versions"] == ["1", "2"] and nhwc["inputs"][0]["shape"] == [-1, 16, 16, 3]
+    assert nhwc["versions"] == ["2"] and nhwc["inputs"][0]["shape"] == [-1, 16, 16, 3]
     assert "not served" in v2_error(c.get("/v2/models/rgb_nhwc/versions/1"), 404)
 
 

@@ -62,6 +62,12 @@ class Batcher:
         return len(self._items)
 
     @property
+    def half_full(self) -> bool:
+        """Half the queue is taken: shadow traffic is dropped from here on, so that it never
+        takes the places answered requests need."""
+        return len(self._items) * 2 >= self._max_queue
+
+    @property
     def layout(self) -> dict[str, float]:
         """The batching settings in force (reported by the model listings)."""
         return {"max_batch_size": self._max_batch, "max_delay_ms": self._max_delay * 1000.0}

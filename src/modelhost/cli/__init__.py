@@ -1,4 +1,4 @@
-"""The ``modelhost`` command: serve, predict, inspect, prepare, bench, report, optimize,
+"""The ``modelhost`` command: serve, predict, inspect, prepare, bench, report, route, optimize,
 tune. Each command parses its flags and calls library code; nothing else here."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from .local import inspect, predict
 from .optimize import optimize
 from .prepare import prepare
 from .report import report
+from .route import route
 from .serve import serve
 from .tune import tune
 
@@ -29,6 +30,7 @@ app.command()(inspect)
 app.command()(prepare)
 app.command()(bench)
 app.command()(report)
+app.command()(route)
 app.command()(optimize)
 app.command()(tune)
 app.add_typer(keys, name="keys")

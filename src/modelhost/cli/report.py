@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..feedback import compare as comparison
 from ..feedback import report as figures
 from ..feedback.store import BadDatabaseUrl, Store, StoreUnavailable
 from ..settings import Settings
@@ -31,6 +32,8 @@ def report(
     as_json: Annotated[bool, Opt("--json", help="Print the API's JSON instead.")] = False,
     include_bench: Annotated[bool, Opt("--include-bench",
         help="Also count load-test traffic (modelhost bench's requests).")] = False,
+    compare: Annotated[tuple[str, str] | None, Opt(
+        help="Two versions side by side (A B): rates, a two-proportion test, a verdict.")] = None,
 ) -> None:
     """Accuracy of MODEL from users' feedback: top-1/top-k with 95 % intervals, per label."""
     try:
@@ -42,6 +45,9 @@ def report(
         store.migrate()
         if not store.count_predictions(model, None, None, None, include_bench=True):
             _not_found(model, as_json)
+        if compare is not None:
+            _compare(store, model, compare, window[0], window[1], as_json)
+            return
         judged = store.judged(model, *window, include_bench)
         count = store.count_predictions(model, *window, include_bench)
         out = figures.accuracy(judged, count)
@@ -56,6 +62,42 @@ def report(
         typer.echo(orjson.dumps({"model": model, "version": version, **out}).decode())
         return
     _print(model, out)
+
+
+def _compare(store: Store, model: str, versions: tuple[str, str], since: datetime | None,
+             until: datetime | None, as_json: bool) -> None:
+    """``--compare A B``: what ``/api/models/{m}/versions/compare`` answers, as a table."""
+    a, b = versions
+    if a == b:
+        raise typer.BadParameter("--compare takes two different versions")
+    out = comparison.from_store(store, model, a, b, since, until)
+    if as_json:
+        typer.echo(orjson.dumps({"model": model, **out}).decode())
+        return
+    table = Table(title=f"{model}: version {a} against version {b}")
+    for column in ("", f"version {a}", f"version {b}"):
+        table.add_column(column, justify="left" if not column else "right")
+    one, two = out["versions"][a], out["versions"][b]
+    table.add_row("predictions", str(one["predictions"]), str(two["predictions"]))
+    table.add_row("with feedback", *(f"{v['with_feedback']} ({_pct(v['feedback_share'])})"
+                                     for v in (one, two)))
+    for name, key in (("top-1", "top1"), (f"top-{one['topk']['k'] or 'k'}", "topk")):
+        table.add_row(name, *(_rate(v[key]) for v in (one, two)))
+    console.print(table)
+    test, agreement = out["top1_test"], out["shadow_agreement"]
+    if test is not None:
+        console.print(f"top-1 difference ({b} − {a}): {test['difference'] * 100:+.1f} points, "
+                      f"95 % CI {test['ci95'][0] * 100:+.1f} to {test['ci95'][1] * 100:+.1f}, "
+                      f"p = {test['p_value']:.2g}")
+    if agreement["total"]:
+        console.print(f"shadow agreement: {_rate(agreement)}")
+    console.print(f"verdict: {out['verdict']}")
+
+
+def _rate(part: dict) -> str:
+    interval = (f"  95 % CI {_pct(part['ci95'][0])} – {_pct(part['ci95'][1])}"
+                if part["ci95"] else "")
+    return f"{_pct(part['rate'])} ({part['hits']}/{part['total']}){interval}"
 
 
 def _not_found(model: str, as_json: bool) -> None:

@@ -18,15 +18,19 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..errors import InternalError, NotFound, Unavailable
 from ..types import Prediction, Region
 from . import journal as journal_files
 from .journal import Journal
 from .store import Store, StoreUnavailable
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("modelhost.feedback")
 
@@ -107,8 +111,10 @@ class PredictionLog:
     # -- the request path -------------------------------------------------------------------
 
     def record(self, p: Prediction, *, data: bytes, sha256: str, region: Region,
-               client: str | None, request_id: str, bench: bool = False) -> None:
-        """Log one prediction: one journal append, nothing waits for the database."""
+               client: str | None, request_id: str, bench: bool = False,
+               shadow_of: str | None = None) -> None:
+        """Log one prediction: one journal append, nothing waits for the database.
+        ``shadow_of``: this is a shadow version's prediction for that answered one."""
         labels = [lab.label for lab in p.labels]
         t = p.timings
         self.journal.append({
@@ -119,8 +125,10 @@ class PredictionLog:
             "decode_ms": t.decode, "queue_ms": t.queue, "inference_ms": t.inference,
             "total_ms": t.total, "batch_size": p.batch_size, "client": client,
             "request_id": request_id, **({"bench": True} if bench else {}),
+            **({"shadow_of": shadow_of} if shadow_of else {}),
         })
-        self._remember(p.id, Logged(p.model, p.version, tuple(labels)))
+        if shadow_of is None:  # a shadow's id is never returned: no feedback can name it
+            self._remember(p.id, Logged(p.model, p.version, tuple(labels)))
         if self._images is not None:
             self._pending_images[sha256] = data
 
@@ -164,6 +172,26 @@ class PredictionLog:
         if segment in self._rejected:
             raise InternalError("the database refused the feedback")
         return self._stored_through >= segment
+
+    async def record_routing(self, change: dict) -> None:
+        """Store a run-time routing change now (not through the journal: the caller changes
+        routing only once it is stored); 503 ``db_unavailable`` when it cannot be."""
+        await self._in_store(self.store.record_routing, change)
+
+    async def routing_history(self, model: str) -> list[dict]:
+        """The model's routing changes, newest first."""
+        return await self._in_store(self.store.routing_history, model)
+
+    async def _in_store(self, function: Callable[..., _T], *args: Any) -> _T:
+        def run() -> _T:
+            self._ensure_schema()
+            return function(*args)
+
+        try:
+            return await asyncio.to_thread(run)
+        except StoreUnavailable:
+            raise Unavailable("the prediction log database is unavailable", "db_unavailable",
+                              retry_after=5.0) from None
 
     # -- the writer -------------------------------------------------------------------------
 

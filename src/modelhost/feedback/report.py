@@ -94,7 +94,8 @@ def over_time(judged: list[dict]) -> list[dict]:
         cell = cells[(r["version"], _floor(r["created_at"], step))]
         cell[0] += bool(r["correct"])
         cell[1] += 1
-    return [{"version": v, "start": _iso(t), "feedback": n, "top1_rate": round(h / n, 6)}
+    return [{"version": v, "start": _iso(t), "feedback": n, "top1_rate": round(h / n, 6),
+             "ci95": wilson(h, n)}
             for (v, t), (h, n) in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 

@@ -1,4 +1,4 @@
-"""The two tables. Migrations (``migrations/versions``) create exactly these; a test checks it."""
+"""The tables. Migrations (``migrations/versions``) create exactly these; a test checks it."""
 
 from __future__ import annotations
 
@@ -44,7 +44,11 @@ predictions = Table(
     Column("request_id", String(64)),
     # load-test traffic (X-Modelhost-Bench): kept, left out of accuracy and feedback figures
     Column("bench", Boolean, nullable=False, server_default=false()),
+    # a shadow version's prediction ([versions] shadow): the answered prediction's id; never
+    # returned, left out of every figure but the shadow agreement
+    Column("shadow_of", String(32)),
     Index("ix_predictions_model_created", "model", "created_at"),
+    Index("ix_predictions_shadow_of", "shadow_of"),
     Index("ix_predictions_created", "created_at"),
 )
 
@@ -58,4 +62,17 @@ feedback = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("client", String(128)),
+)
+
+routing_changes = Table(
+    "routing_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("action", String(16), nullable=False),  # set | promote | rollback
+    Column("routing", JSON, nullable=False),  # the routing from then on
+    Column("previous", JSON, nullable=False),  # the routing it replaced
+    Column("client", String(128)),  # the API key's name, never the secret
+    Index("ix_routing_changes_model_created", "model", "created_at"),
 )

@@ -19,13 +19,24 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, case, create_engine, delete, event, func, literal, or_, select
+from sqlalchemy import (
+    Engine,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ..errors import StartupError
-from .schema import feedback, predictions
+from .schema import feedback, predictions, routing_changes
 
 log = logging.getLogger("modelhost.feedback")
 
@@ -85,10 +96,27 @@ class Store:
                 else:
                     conn.execute(self._feedback_upsert(), _last_per_prediction(run))
 
+    def record_routing(self, change: dict) -> None:
+        """Store one run-time routing change (``routing_changes`` columns)."""
+        with _available(), self.engine.begin() as conn:
+            conn.execute(routing_changes.insert(), [change])
+
+    def routing_history(self, model: str, limit: int = 100) -> list[dict]:
+        """The model's routing changes, newest first."""
+        query = (select(routing_changes).where(routing_changes.c.model == model)
+                 .order_by(routing_changes.c.id.desc()).limit(limit))
+        with _available(), self.engine.connect() as conn:
+            rows = [row._asdict() for row in conn.execute(query)]
+        for row in rows:
+            row["created_at"] = _aware(row["created_at"])
+        return rows
+
     def prediction(self, prediction_id: str) -> dict | None:
-        """The stored prediction's model, version and labels, or None."""
+        """The stored answered prediction's model, version and labels, or None (a shadow
+        prediction was never returned, so no feedback can be about it)."""
         query = select(predictions.c.model, predictions.c.version, predictions.c.labels,
-                       predictions.c.top1).where(predictions.c.id == prediction_id)
+                       predictions.c.top1).where(predictions.c.id == prediction_id,
+                                                 predictions.c.shadow_of.is_(None))
         with _available(), self.engine.connect() as conn:
             row = conn.execute(query).first()
         return row._asdict() if row else None
@@ -126,6 +154,21 @@ class Store:
         for row in rows:
             row["created_at"] = _aware(row["created_at"])
         return rows
+
+    def shadow_pairs(self, model: str, a: str, b: str, since: datetime | None,
+                     until: datetime | None) -> list[tuple[str, str, str]]:
+        """(answering version, its top-1, the shadow's top-1) for every input that versions
+        ``a`` and ``b`` both ran on, one answering and the other shadowing."""
+        shadow = predictions.alias("shadow")
+        query = _window(
+            select(predictions.c.version, predictions.c.top1, shadow.c.top1)
+            .join(shadow, shadow.c.shadow_of == predictions.c.id)
+            .where(predictions.c.bench.is_(False),
+                   or_(and_(predictions.c.version == a, shadow.c.version == b),
+                       and_(predictions.c.version == b, shadow.c.version == a))),
+            model, since, until, None)
+        with _available(), self.engine.connect() as conn:
+            return [(v, answered, shadowed) for v, answered, shadowed in conn.execute(query)]
 
     def time_span(self, model: str, since: datetime | None, until: datetime | None,
                   version: str | None) -> tuple[datetime, datetime] | None:
@@ -219,7 +262,8 @@ class _available:
 
 
 def _window(query, model: str, since, until, version):
-    query = query.where(predictions.c.model == model)
+    """Answered predictions of ``model`` in the window (shadow predictions never count)."""
+    query = query.where(predictions.c.model == model, predictions.c.shadow_of.is_(None))
     if since is not None:
         query = query.where(predictions.c.created_at >= since)
     if until is not None:
@@ -247,6 +291,7 @@ def _prediction_row(r: dict) -> dict:
         "queue_ms": r["queue_ms"], "inference_ms": r["inference_ms"], "total_ms": r["total_ms"],
         "batch_size": r["batch_size"], "client": r.get("client"),
         "request_id": r.get("request_id"), "bench": bool(r.get("bench", False)),
+        "shadow_of": r.get("shadow_of"),
     }
 
 

@@ -21,6 +21,7 @@ from . import (
     routes_models,
     routes_ops,
     routes_predict,
+    routes_routing,
     routes_tfserving,
     routes_v2,
 )
@@ -53,6 +54,7 @@ def create_app(registry: Registry, predictor: Predictor, metrics: Metrics, setti
     errors.install(app)
     app.include_router(routes_predict.router(registry, predictor, metrics, settings))
     app.include_router(routes_models.router(registry))
+    app.include_router(routes_routing.router(registry, prediction_log))
     app.include_router(routes_feedback.router(registry, prediction_log,
                                               allow_new_labels=settings.allow_new_labels))
     app.include_router(routes_ops.router(registry, metrics, prediction_log))

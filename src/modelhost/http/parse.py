@@ -58,7 +58,7 @@ def call_of(request: Request, timeout: float) -> Call:
     """The request's one deadline, id, client and bench mark, for the body read and the
     predictor."""
     return Call(deadline_for(request, timeout), request_id_of(request), client_of(request),
-                bench=is_bench(request))
+                bench=is_bench(request), peer=peer_of(request))
 
 
 async def read_body(request: Request, deadline: float) -> bytes:
@@ -68,6 +68,11 @@ async def read_body(request: Request, deadline: float) -> bytes:
             return await request.body()
     except TimeoutError:
         raise RequestTimeout("the request body did not arrive in time") from None
+
+
+def peer_of(request: Request) -> str | None:
+    """The client's address (sticky version routing for clients without an API key)."""
+    return request.client.host if request.client else None
 
 
 def client_of(request: Request) -> str | None:
@@ -87,7 +92,8 @@ async def read_predict_request(request: Request, deadline: float) -> PredictRequ
     merged = {k: v for k, v in request.query_params.items() if k in _OPTION_NAMES}
     merged.update(options)
     return PredictRequest(source=source, region=_region(merged), top_k=_top_k(merged),
-                          client=client_of(request), bench=is_bench(request))
+                          client=client_of(request), bench=is_bench(request),
+                          peer=peer_of(request))
 
 
 def query_source(request: Request) -> PredictRequest:
@@ -99,7 +105,8 @@ def query_source(request: Request) -> PredictRequest:
     source: Source = RemoteUrl(url) if url is not None else ServerPath(path or "")
     options = {k: v for k, v in params.items() if k in _OPTION_NAMES}
     return PredictRequest(source=source, region=_region(options), top_k=_top_k(options),
-                          client=client_of(request), bench=is_bench(request))
+                          client=client_of(request), bench=is_bench(request),
+                          peer=peer_of(request))
 
 
 async def _read_body(request: Request) -> tuple[Source, dict]:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, model_validator
 
 from ..errors import InvalidInput, NotFound, Unavailable
-from ..feedback import report
+from ..feedback import compare, report
 from ..feedback.labels import check_known, clean_label
 from ..feedback.recorder import PredictionLog
 from ..feedback.schema import LABEL_MAX
@@ -91,6 +91,19 @@ def router(registry: RegistryView, prediction_log: PredictionLog | None, *,
             lambda: (store.count_predictions(model, *window), store.judged(model, *window)))
         return JSON({"model": model, "version": version, "since": _iso(since),
                      "until": _iso(until), **report.accuracy(judged, count)})
+
+    @api.get("/models/{model}/versions/compare",
+             summary="Two versions' accuracy on real feedback, side by side, with a "
+                     "two-proportion test and a verdict")
+    async def compare_versions(model: str, a: Annotated[str, Query(description="A version.")],
+                               b: Annotated[str, Query(description="Another version.")],
+                               since: Since = None, until: Until = None) -> JSON:
+        store = _store_for(registry, the_log(), model)
+        if a == b:
+            raise InvalidInput("compare two different versions: ?a=1&b=2")
+        window = (_utc(since), _utc(until))
+        return JSON({"model": model, "since": _iso(since), "until": _iso(until),
+                     **await _read(lambda: compare.from_store(store, model, a, b, *window))})
 
     @api.get("/models/{model}/latency", summary="Latency percentiles and throughput over time",
              description="The last 24 hours unless `since` or `until` is given; at most 48 "

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..registry import RegistryView, ServedModel
+from ..routing import as_json
 from ..types import Drift
 from .schemas import ERRORS, ModelDetail, ModelList, documented
 
 
 def describe(model: ServedModel, labels: bool = False) -> dict:
-    """The public description of a model (no server paths)."""
+    """The public description of a model version (no server paths)."""
     prep, info = model.prep, model.info
     body: dict = {
         "name": model.spec.name,
@@ -39,6 +40,18 @@ def describe(model: ServedModel, labels: bool = False) -> dict:
             body["inputs"] = [_tensor(t) for t in info.inputs]
             body["outputs"] = [_tensor(t) for t in info.outputs]
             body["parameters"] = info.parameters
+    return body
+
+
+def describe_model(registry: RegistryView, name: str, labels: bool = False) -> dict:
+    """A model: its highest served version described, each served version's own state and
+    workers (``served_versions``), and how requests without a version are routed."""
+    body = describe(registry.model(name), labels)
+    body["served_versions"] = [
+        {"version": v, "state": m.state, "error": m.error, "workers_ready": m.workers_ready,
+         "workers_rss_mb": m.pool.resident_mb()}
+        for v, m in registry.versions(name).items()]
+    body["routing"] = as_json(registry.policy(name))
     return body
 
 
@@ -72,11 +85,11 @@ def router(registry: RegistryView) -> APIRouter:
 
     @api.get("/models", summary="List the served models", **documented(ModelList))
     async def list_models() -> dict:
-        return {"models": [describe(m) for m in registry.models.values()]}
+        return {"models": [describe_model(registry, name) for name in registry.models]}
 
     @api.get("/models/{model}", summary="One model's metadata, labels and preprocessing",
              **documented(ModelDetail))
     async def get_model(model: str) -> dict:
-        return describe(registry.model(model), labels=True)
+        return describe_model(registry, model, labels=True)
 
     return api

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import APIRouter, Request
 
 from ..errors import InvalidInput, ModelhostError
@@ -50,23 +52,46 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
     def counted(model: str, route: str, status: int) -> None:
         metrics.requests.labels(model, route, str(status)).inc()
 
-    async def run_one(request: Request, model: str, route: str, parse) -> JSON:
+    async def run_one(request: Request, model: str, route: str, parse,
+                      version: str | None = None, label: str | None = None) -> JSON:
+        """One image through ``model`` (the ``version`` or ``label`` the path names, else the
+        one the model's routing chooses); the version that answered is in the body and in
+        ``X-Model-Version``."""
         try:
             deadline = deadline_for(request, settings.timeout)
-            predict_request = await parse(deadline)
+            predict_request = replace(await parse(deadline), version=version, label=label)
             prediction = await predictor.predict(model, predict_request, deadline,
                                                request_id_of(request))
         except ModelhostError as exc:
             counted(model if model in registry.models else "", route, exc.status)
             raise
         counted(model, route, 200)
-        return JSON(prediction.as_dict(), headers={"X-Prediction-Id": prediction.id})
+        return JSON(prediction.as_dict(), headers={"X-Prediction-Id": prediction.id,
+                                                   "X-Model-Version": prediction.version})
 
     @api.post("/models/{model}/predict", openapi_extra={**_BODY_DOC, "parameters": _OPTIONS_DOC},
               summary="Classify one image with one model", **documented(PredictionBody))
     async def predict(model: str, request: Request) -> JSON:
         return await run_one(request, model, "predict",
                              lambda deadline: read_predict_request(request, deadline))
+
+    @api.post("/models/{model}/versions/{version}/predict",
+              openapi_extra={**_BODY_DOC, "parameters": _OPTIONS_DOC},
+              summary="Classify one image with one served version of a model",
+              **documented(PredictionBody))
+    async def predict_version(model: str, version: str, request: Request) -> JSON:
+        return await run_one(request, model, "predict",
+                             lambda deadline: read_predict_request(request, deadline),
+                             version=version)
+
+    @api.post("/models/{model}/labels/{label}/predict",
+              openapi_extra={**_BODY_DOC, "parameters": _OPTIONS_DOC},
+              summary="Classify one image with the version a label names (e.g. canary)",
+              **documented(PredictionBody))
+    async def predict_label(model: str, label: str, request: Request) -> JSON:
+        return await run_one(request, model, "predict",
+                             lambda deadline: read_predict_request(request, deadline),
+                             label=label)
 
     @api.get("/models/{model}/predict", summary="Classify an image named by ?url= or ?path=",
              **documented(PredictionBody),

@@ -1,11 +1,15 @@
 """The TensorFlow Serving REST API under /v1/models (PROTOCOLS.md §4.3).
 
-A model serves one version (its highest); ``/versions/N`` must name it, and the only label is
-``latest``. Its one signature is ``serving_default`` (predict); ``:classify`` ranks the model's
+Every served version answers at ``/versions/N``, and every label of the model's ``[versions]``
+at ``/labels/{label}`` (``latest`` is the highest served); a path naming neither goes where the
+model's routing sends it (metadata: its default version), and status lists every served version
+with its state. Its one signature is ``serving_default`` (predict); ``:classify`` ranks the model's
 labels by probability, as the native API does.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -24,11 +28,11 @@ from ..protocols.rows import (
 )
 from ..protocols.v2 import ProtocolError
 from ..registry import ModelState, RegistryView, ServedModel
+from ..routing import labelled
 from ..settings import Settings
 from .parse import call_of, read_body
 from .schemas import Responses, documented
 
-LATEST = "latest"
 _ERRORS: Responses = {status: {"model": ProtocolError} for status in (400, 404, 503)}
 
 
@@ -46,27 +50,32 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
     api = APIRouter(prefix="/v1/models", tags=["tensorflow serving"],
                     responses=_ERRORS)
 
-    def named(name: str, version: str | None, label: str | None) -> ServedModel:
-        """The model a path names, in any state; TF Serving's own 404 texts for a version
-        or label it does not serve."""
-        model = registry.model(name)
-        if version is not None and version != model.spec.version:
+    def named(name: str, version: str | None, label: str | None) -> str | None:
+        """The version a path names (None: none named); TF Serving's own 404 texts for a
+        version or label it does not serve."""
+        if version is not None and version not in registry.versions(name):
             raise NotFound(f"Servable not found for request: Specific({name}, {version})")
-        if label is not None and label != LATEST:
-            raise NotFound(f"Unrecognized servable version label: {label}")
-        return model
+        if label is not None:
+            version = labelled(registry.policy(name), label)
+            if version is None:
+                raise NotFound(f"Unrecognized servable version label: {label}")
+        return version
 
-    def served(name: str, version: str | None, label: str | None) -> ServedModel:
-        named(name, version, label)
-        return registry.served(name)
+    def served(name: str, version: str | None, label: str | None,
+               call: Call | None = None) -> ServedModel:
+        """The version that answers: the one named, else the routing's choice for ``call``
+        (metadata, without a call: the default version)."""
+        named_version = named(name, version, label)
+        if call is None:
+            return registry.served(name, named_version or registry.policy(name).default)
+        return predictor.served(name, replace(call, version=named_version))
 
     async def status(request: Request, model: str, version: str | None,
                      label: str | None) -> dict:
-        found = named(model, version, label)
-        error = ({"error_code": "UNKNOWN", "error_message": found.error} if found.error
-                 else {"error_code": "OK", "error_message": ""})
+        named_version = named(model, version, label)
         return {"model_version_status": [
-            {"version": found.spec.version, "state": _STATUS[found.state], "status": error}]}
+            _version_status(m) for v, m in registry.versions(model).items()
+            if named_version in (None, v)]}
 
     async def metadata(request: Request, model: str, version: str | None,
                        label: str | None) -> dict:
@@ -90,7 +99,7 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
             assert batch.images is not None  # a Batch holds one or the other
             rows = image_rows(batch.images)
         try:
-            result = await predictor.infer(found.spec.name, rows, call)
+            result = await predictor.infer(found, rows, call)
         except ModelhostError as exc:
             metrics.requests.labels(found.spec.name, route, str(exc.status)).inc()
             raise
@@ -99,8 +108,8 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
 
     async def predict(request: Request, model: str, version: str | None,
                       label: str | None) -> Response:
-        found = served(model, version, label)
         call = call_of(request, settings.timeout)
+        found = served(model, version, label, call)
         body = tfs.loads(await read_body(request, call.deadline))
         batch, rows_format = tfs.predict_batch(body, model_input(found).name)
         result = await run(found, batch, call, "tfs_predict")
@@ -109,8 +118,8 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
 
     async def classify(request: Request, model: str, version: str | None,
                        label: str | None) -> Response:
-        found = served(model, version, label)
         call = call_of(request, settings.timeout)
+        found = served(model, version, label, call)
         body = tfs.loads(await read_body(request, call.deadline))
         result = await run(found, tfs.classify_batch(body), call, "tfs_classify")
         return _answer({"results": [[[t.label, t.score] for t in p.labels]
@@ -139,10 +148,18 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
     return api
 
 
+def _version_status(model: ServedModel) -> dict:
+    error = ({"error_code": "UNKNOWN", "error_message": model.error} if model.error
+             else {"error_code": "OK", "error_message": ""})
+    return {"version": model.spec.version, "state": _STATUS[model.state], "status": error}
+
+
 def _answer(body: dict, result: Inference) -> Response:
-    """TF Serving's JSON, with the prediction ids (for feedback) in ``X-Prediction-Id``."""
+    """TF Serving's JSON, with the prediction ids (for feedback) in ``X-Prediction-Id`` and
+    the version that answered in ``X-Model-Version`` (the body has no place for either)."""
+    version = result.predictions[0].version if result.predictions else ""
     return Response(tfs.dumps(body), media_type="application/json",
-                    headers={"X-Prediction-Id": result.ids})
+                    headers={"X-Prediction-Id": result.ids, "X-Model-Version": version})
 
 
 def at_model(handler):

@@ -1,15 +1,18 @@
 """KServe Open Inference Protocol V2 over REST, under /v2 (PROTOCOLS.md §4.1, §4.2).
 
 Health answers 200 with a JSON body when true and 503 when false (probes and clients read the
-status). Only the served version of a model answers; other versions of its folder exist but are
-not ready. Inference accepts JSON tensors and Triton's binary sections, including the raw form
-(``Inference-Header-Content-Length: 0``: the body is one input: a ready row or an image).
+status). Every served version of a model answers at ``/versions/{v}``; a path without a
+version goes where the model's routing sends it; versions of its folder that are not served
+exist but are not ready. Inference accepts JSON tensors and Triton's binary sections,
+including the raw form (``Inference-Header-Content-Length: 0``: the body is one input: a ready
+row or an image).
 Repository load/unload work with ``--model-control`` only, on the repository's models by name
 (supply/control.py); without it they answer 403.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
@@ -87,7 +90,8 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics, setti
     async def repository_index(request: Request) -> list[dict]:
         body = await request.body()
         only_ready = bool(body) and v2.parse_index_request(body).ready
-        served = [_index_entry(m) for m in registry.models.values()
+        served = [_index_entry(m) for name in registry.models
+                  for m in registry.versions(name).values()
                   if not only_ready or m.state is ModelState.READY]
         if control is None or only_ready:
             return served
@@ -120,11 +124,11 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics, setti
         return JSON({"name": model, "ready": ok}, status_code=200 if ok else 503)
 
     async def model_metadata(request: Request, model: str, version: str | None) -> dict:
-        return served_v2.metadata(registry.served(model, version))
+        return served_v2.metadata(registry, served_v2.described(registry, model, version))
 
     async def infer(request: Request, model: str, version: str | None) -> Response:
-        found = registry.served(model, version)
-        call = call_of(request, settings.timeout)
+        call = replace(call_of(request, settings.timeout), version=version)
+        found = predictor.served(model, call)
         body = await read_body(request, call.deadline)
         header, binary = v2.split_body(body, request.headers.get(_HEADER))
         if request.headers.get(_HEADER) == "0":  # raw: batch 1, every output binary
@@ -137,7 +141,7 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics, setti
             found, [(o.name, o.parameters or {}) for o in inference.outputs or []] or None,
             bool((inference.parameters or {}).get("binary_data_output", False)))
         try:
-            result = await predictor.infer(model, rows, call)
+            result = await predictor.infer(found, rows, call)
         except ModelhostError as exc:
             metrics.requests.labels(model, "v2_infer", str(exc.status)).inc()
             raise

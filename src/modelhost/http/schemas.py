@@ -87,6 +87,26 @@ class WorkerProvider(BaseModel):
     note: str  # how it was chosen: the verification figures, or why the CPU serves
 
 
+class ServedVersion(BaseModel):
+    """One served version of a model: its own workers and state."""
+
+    version: str
+    state: str
+    error: str | None
+    workers_ready: int
+    workers_rss_mb: float | None  # its worker processes' resident memory (Linux)
+
+
+class Routing(BaseModel):
+    """How requests that name no version are shared among the served versions."""
+
+    default: str
+    labels: dict[str, str]
+    split: dict[str, int]
+    sticky: bool
+    shadow: str | None
+
+
 class Progress(BaseModel):
     """A slow start-up stage while it runs (state ``converting``)."""
 
@@ -115,6 +135,8 @@ class ModelSummary(BaseModel):
     tuning_seconds: float  # spent measuring the layout at this start (0: none)
     precision: str
     providers: list[WorkerProvider]
+    served_versions: list[ServedVersion]
+    routing: Routing
 
 
 class ModelDetail(ModelSummary):

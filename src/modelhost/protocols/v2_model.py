@@ -1,8 +1,9 @@
 """V2 semantics on a served model, shared by the REST and gRPC transports: which version
 answers, metadata, the request's input as model rows, and the requested outputs.
 
-Only the served (highest) version of a model answers (``Registry.served``); other versions of
-its folder exist but are not ready. A model has one input and one output (what the runtimes run).
+Every served version of a model answers when named; a request naming none goes where the
+model's routing sends it (``Registry.served``). Versions in the folder that are not served exist
+but are not ready. A model has one input and one output (what the runtimes run).
 """
 
 from __future__ import annotations
@@ -38,19 +39,28 @@ class Wanted:
 
 
 def is_ready(registry: RegistryView, name: str, version: str | None) -> bool:
-    """Model readiness; 404 for a model or version the repository does not have."""
-    model = registry.model(name)
-    if version and version not in model.spec.versions:
+    """Model (or version) readiness; 404 for a model or version the repository does not
+    have. A version in the folder but not served is not ready; without a version, every
+    served version must be."""
+    served = registry.versions(name)
+    if version and version not in registry.model(name).spec.versions:
         raise NotFound(f"model {name!r} has no version {version!r}")
-    return (model.state is ModelState.READY and model.workers_ready > 0
-            and version in (None, "", model.spec.version))
+    return all(m.state is ModelState.READY and m.workers_ready > 0
+               for v, m in served.items() if not version or v == version) \
+        and (not version or version in served)
 
 
-def metadata(model: ServedModel) -> dict:
+def described(registry: RegistryView, name: str, version: str | None) -> ServedModel:
+    """The version metadata describes: the one named, else the model's default version."""
+    return registry.served(name, version or registry.policy(name).default)
+
+
+def metadata(registry: RegistryView, model: ServedModel) -> dict:
+    """V2 model metadata; ``versions`` lists the served versions (those a request may name)."""
     tensor_in, tensor_out = model_input(model), model_output(model)
     return {
         "name": model.spec.name,
-        "versions": list(model.spec.versions) or [model.spec.version],
+        "versions": list(registry.versions(model.spec.name)),
         "platform": PLATFORMS.get(model.spec.format, model.spec.format),
         "inputs": [{"name": tensor_in.name, "datatype": v2.datatype_of(tensor_in.dtype),
                     "shape": batched(tensor_in.shape)}],

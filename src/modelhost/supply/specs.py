@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
 
 def model_specs(settings: Settings) -> list[ModelSpec]:
-    """The models to serve, prepared: what ``modelhost prepare`` converts ahead of time."""
-    return [prepared(s, settings) for s in sources(settings)]
+    """The models to serve, prepared: what ``modelhost prepare`` converts ahead of time (every
+    served version of each)."""
+    return [replace(prepared(s, settings), others=tuple(prepared(o, settings) for o in s.others))
+            for s in sources(settings)]
 
 
 def sources(settings: Settings) -> list[ModelSpec]:
@@ -44,8 +46,9 @@ def model_root(settings: Settings) -> Path | None:
 def scan(root: Path, settings: Settings) -> list[ModelSpec]:
     options = RuntimeOptions(settings.runtime, settings.trust_model_code, settings.input_name,
                              settings.output_name)
-    return [replace(s, options=options) for s in load_repository(root, settings.format,
-                                                                   settings.pipeline)]
+    return [replace(s, options=options, others=tuple(replace(o, options=options)
+                                                     for o in s.others))
+            for s in load_repository(root, settings.format, settings.pipeline)]
 
 
 def prepared(spec: ModelSpec, settings: Settings,

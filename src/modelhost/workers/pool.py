@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import replace
 from multiprocessing import shared_memory
+from pathlib import Path
 
 from ..errors import InternalError, InvalidInput, ModelhostError, StartupError, Unavailable
 from ..runtimes.providers import device_env
@@ -338,6 +339,19 @@ class ModelPool:
 
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers if w is not None and w.pid and w.alive]
+
+    def resident_mb(self) -> float | None:
+        """The live workers' resident memory (RSS) in MiB, from Linux's /proc: what one more
+        served version costs; None where /proc cannot tell."""
+        total = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                return None
+            total += next((int(line.split()[1]) for line in status.splitlines()
+                           if line.startswith("VmRSS:")), 0)
+        return round(total / 1024, 1)
 
     async def _supervise(self, slot: int) -> None:
         """Wait for the worker in ``slot`` to die, then restart it with back-off."""

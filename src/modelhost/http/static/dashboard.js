@@ -1,13 +1,16 @@
-// The accuracy dashboard: the same numbers as GET /api/models/{model}/accuracy and /latency,
-// as tables and Chart.js charts (vendored in static/vendor; no CDN). Text goes in through
-// textContent only.
+// The accuracy dashboard: the same numbers as GET /api/models/{model}/accuracy and /latency
+// (and, for a model serving several versions, /versions/compare, /latency per version and
+// /routing), as tables and Chart.js charts (vendored in static/vendor; no CDN). Text goes in
+// through textContent only.
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const els = {
     model: $("model"), window: $("window"), version: $("version"), status: $("status"),
+    comparePanel: $("compare-panel"), compareA: $("compare-a"), compareB: $("compare-b"),
   };
+  const served = {}; // model name → its served versions, from /api/models
   const charts = {};
   const COLOURS = ["#0b5cad", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490"];
 
@@ -162,6 +165,107 @@
     });
   }
 
+  // -- two versions side by side ---------------------------------------------------------
+
+  function setCell(testid, key, text) {
+    document.querySelector(`[data-testid="${testid}"] [data-key="${key}"]`).textContent = text;
+  }
+
+  const rateText = (r) => (r.total ? `${pct(r.rate)} (${r.hits}/${r.total})` : "–");
+  const ciText = (ci) => (ci ? `${pct(ci[0])} – ${pct(ci[1])}` : "–");
+  const points = (s) => (s === null ? "–" : `${s >= 0 ? "+" : ""}${(s * 100).toFixed(1)} points`);
+
+  function options(select, versions, chosen) {
+    select.replaceChildren(...versions.map((v) => {
+      const option = document.createElement("option");
+      option.value = v;
+      option.textContent = v;
+      return option;
+    }));
+    select.value = chosen;
+  }
+
+  function renderCompare(c, latencies, routing) {
+    const [a, b] = [c.versions[c.a], c.versions[c.b]];
+    setCell("compare-table", "a", `Version ${c.a}`);
+    setCell("compare-table", "b", `Version ${c.b}`);
+    fillRows("compare-table", [
+      ["Predictions", num(a.predictions), num(b.predictions)],
+      ["With feedback", num(a.with_feedback), num(b.with_feedback)],
+      ["Share with feedback", pct(a.feedback_share), pct(b.feedback_share)],
+      ["Top-1 accuracy", rateText(a.top1), rateText(b.top1)],
+      ["Top-1 95 % interval", ciText(a.top1.ci95), ciText(b.top1.ci95)],
+      [`Top-${a.topk.k || b.topk.k || "k"} accuracy`, rateText(a.topk), rateText(b.topk)],
+    ]);
+    const t = c.top1_test;
+    setCell("compare-test", "difference", t ? points(t.difference) : "–");
+    setCell("compare-test", "difference_ci",
+            t ? `${points(t.ci95[0])} to ${points(t.ci95[1])}` : "–");
+    setCell("compare-test", "p_value", t ? Number(t.p_value).toPrecision(2) : "–");
+    setCell("compare-test", "agreement", c.shadow_agreement.total
+      ? `${rateText(c.shadow_agreement)}, 95 % ${ciText(c.shadow_agreement.ci95)}` : "–");
+    setCell("compare-test", "verdict", c.verdict);
+    fillRows("routing-changes", routing.changes.map((r) => [
+      r.time, r.action, r.routing.default,
+      Object.entries(r.routing.split).map(([v, w]) => `${v}: ${w}`).join(", ") || "–",
+      r.routing.shadow || "–", r.client || "–"]));
+
+    const series = [[c.a, a], [c.b, b]];
+    const xs = series.flatMap(([, f]) => f.over_time.map((p) => Date.parse(p.start)));
+    draw("chart-compare", {
+      type: "line",
+      data: {
+        datasets: series.flatMap(([v, f], i) => {
+          const mine = f.over_time.filter((p) => p.version === v);
+          const colour = COLOURS[i];
+          const at = (key) => mine.map((p) => ({ x: Date.parse(p.start), y: key(p) }));
+          return [
+            { label: `version ${v}`, data: at((p) => p.top1_rate), borderColor: colour,
+              backgroundColor: colour, pointRadius: 4 },
+            { label: `version ${v} 95 % low`, data: at((p) => p.ci95[0]), borderColor: colour,
+              borderDash: [4, 4], pointRadius: 0, fill: false },
+            { label: `version ${v} 95 % high`, data: at((p) => p.ci95[1]), borderColor: colour,
+              borderDash: [4, 4], pointRadius: 0, fill: "-1", backgroundColor: `${colour}22` },
+          ];
+        }),
+      },
+      options: { scales: { x: timeScale(xs, HOUR), y: { min: 0, max: 1 } },
+                 plugins: { tooltip: timeTooltip } },
+    });
+    const lxs = latencies.flatMap((l) => l.series.map((s) => Date.parse(s.start)));
+    draw("chart-compare-latency", {
+      type: "line",
+      data: {
+        datasets: latencies.map((l, i) => ({
+          label: `version ${series[i][0]} p50 (ms)`, pointRadius: 3,
+          borderColor: COLOURS[i], backgroundColor: COLOURS[i],
+          data: l.series.map((s) => ({ x: Date.parse(s.start), y: s.p50_ms })),
+        })),
+      },
+      options: { scales: { x: timeScale(lxs, HOUR), y: { beginAtZero: true } },
+                 plugins: { tooltip: timeTooltip } },
+    });
+  }
+
+  async function refreshCompare(base) {
+    const versions = served[els.model.value] || [];
+    els.comparePanel.hidden = versions.length < 2;
+    if (versions.length < 2) return;
+    if (!versions.includes(els.compareA.value) || !versions.includes(els.compareB.value)) {
+      options(els.compareA, versions, versions[0]);
+      options(els.compareB, versions, versions[versions.length - 1]);
+    }
+    const [a, b] = [els.compareA.value, els.compareB.value];
+    if (a === b) return;
+    const since = query().replace(/(^|&)version=[^&]*/, "");
+    const [compared, la, lb, routing] = await Promise.all([
+      getJSON(`${base}/versions/compare?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}&${since}`),
+      getJSON(`${base}/latency?version=${encodeURIComponent(a)}&${since}`),
+      getJSON(`${base}/latency?version=${encodeURIComponent(b)}&${since}`),
+      getJSON(`${base}/routing`)]);
+    renderCompare(compared, [la, lb], routing);
+  }
+
   function updateVersions(a) {
     const known = new Set([...els.version.options].map((o) => o.value));
     for (const v of new Set(a.over_time.map((p) => p.version))) {
@@ -185,6 +289,7 @@
       renderAccuracy(accuracy);
       renderLatency(latency);
       updateVersions(accuracy);
+      await refreshCompare(base);
       els.status.textContent = `${accuracy.with_feedback} of ${accuracy.predictions} predictions have feedback.`;
       document.body.dataset.loaded = "true";
     } catch (err) {
@@ -196,6 +301,7 @@
     try {
       const listing = await getJSON("api/models");
       els.model.replaceChildren(...listing.models.map((m) => {
+        served[m.name] = (m.served_versions || []).map((v) => v.version);
         const option = document.createElement("option");
         option.value = m.name;
         option.textContent = m.name;
@@ -213,6 +319,8 @@
     });
     els.window.addEventListener("change", refresh);
     els.version.addEventListener("change", refresh);
+    els.compareA.addEventListener("change", refresh);
+    els.compareB.addEventListener("change", refresh);
     refresh();
   }
 
