@@ -162,6 +162,14 @@ class Registry:
             self._others.setdefault(name, {})[previous.spec.version] = previous
         self._models[name] = model
         self._policies[name] = model.spec.policy or _alone(model.spec.version)
+        self._prioritise(name)
+
+    def _prioritise(self, name: str) -> None:
+        """A shadow version's workers run at a lower CPU priority than the versions that
+        answer (its work must not slow their answers); the others at the server's own."""
+        shadow = self._policies[name].shadow
+        for version, model in self.versions(name).items():
+            model.pool.set_background(version == shadow)
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
@@ -249,6 +257,7 @@ class Registry:
         previous = self.policy(name)
         self._policies[name] = policy
         self._earlier.setdefault(name, []).append(previous)
+        self._prioritise(name)
 
     def earlier(self, name: str) -> VersionPolicy | None:
         """The policy the last run-time change replaced (None: no change since start)."""
@@ -260,6 +269,7 @@ class Registry:
         """Go back to the policy before the last run-time change (see :meth:`earlier`)."""
         self.policy(name)
         self._policies[name] = self._earlier[name].pop()
+        self._prioritise(name)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -342,6 +352,7 @@ class Registry:
         self._policies[new.spec.name] = _kept(self._policies.get(new.spec.name), new,
                                               self._others.get(new.spec.name, {}))
         self._earlier.pop(new.spec.name, None)  # earlier policies were for the old versions
+        self._prioritise(new.spec.name)
         if old is not None:
             await self._retire(old, grace)
         return new.state is ModelState.READY

@@ -6,6 +6,7 @@ load every answered prediction is either shadowed or counted as a dropped shadow
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
 import time
 
@@ -84,6 +85,27 @@ def test_shadow_records_both_and_answers_from_the_default(server):
     assert feedback.status_code == 404 and feedback.json()["error"]["code"] == "not_found"
     accuracy = c.get("/api/models/m/accuracy").json()
     assert accuracy["predictions"] == len(answered) + 1
+
+
+def test_the_shadow_versions_workers_yield_the_cpu(server):
+    """The shadow's work must not slow the answers: its workers run at the lowest CPU priority
+    (nice + 19 over the server's), the answering version's at the server's own, and a routing
+    change moves the priorities with the roles."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def niceness() -> dict[str, set[int]]:
+        versions = server.core.registry.versions("m")
+        return {v: {os.getpriority(os.PRIO_PROCESS, pid) for pid in m.pool.pids()}
+                for v, m in versions.items()}
+
+    assert niceness() == {"1": {base}, "2": {min(base + 19, 19)}}
+    client = server.client
+    try:
+        assert client.put("/api/models/m/routing", json={"shadow": None}).status_code == 200
+        assert niceness() == {"1": {base}, "2": {base}}  # no shadow: both at the server's
+    finally:
+        assert client.put("/api/models/m/routing", json={"shadow": "2"}).status_code == 200
+    assert niceness() == {"1": {base}, "2": {min(base + 19, 19)}}
 
 
 @pytest.fixture(scope="module")
