@@ -42,7 +42,7 @@ from typing import Any, Literal
 from . import __version__
 from .batching.batcher import Batcher
 from .errors import ModelhostError
-from .inputs.drift import SAMPLE_SUFFIXES, photo_like
+from .inputs.drift import photo_like, sample_files
 from .types import ModelConfig, ModelSpec, Region
 from .workers.pool import LoadError, ModelPool
 
@@ -322,9 +322,7 @@ class Tuner:
 
     def image(self) -> bytes:
         """The model's first ``samples/`` photo, else a photo-like JPEG of a typical size."""
-        folder = self.spec.path.parent / "samples"
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES) \
-            if folder.is_dir() else []
+        files = sample_files(self.spec.path.parent / "samples")
         return files[0].read_bytes() if files else photo_like(PHOTO_SIZE, 0)
 
 

@@ -10,10 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..inputs.drift import SAMPLE_SUFFIXES, sample_files, sample_inputs
 from ..preprocessing import resolve
 from ..runtimes.quantize import RECORD, Report, optimize_int8, sample_tensors
 from ..settings import Settings
-from ..supply.convert import SAMPLE_SUFFIXES, ConversionError, prepare, sample_inputs
+from ..supply.convert import ConversionError, prepare
 from ..types import RuntimeOptions
 from .local import _load, _pick, _runtime
 
@@ -68,7 +69,7 @@ def _onnx(source, settings: Settings):
 
 
 def _images(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES)
+    files = sample_files(folder)
     if not files:
         raise typer.BadParameter(f"{folder}: no images ({', '.join(SAMPLE_SUFFIXES)})")
     return files

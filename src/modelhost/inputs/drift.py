@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..postprocess import probabilities
-from ..types import Drift, Preprocessing, Region
+from ..types import Drift, ModelSpec, Preprocessing, Region
 from .images import to_tensor
 
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -42,11 +42,17 @@ def measure(predict: Callable[[np.ndarray], np.ndarray], prep: Preprocessing, ou
     return Drift(worst, agree / len(images), len(images), source)
 
 
+def sample_files(folder: Path) -> list[Path]:
+    """The images in ``folder`` (a model's ``samples/``), in name order; none if it is not a
+    folder. Every check that runs a model on its samples reads them here."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES)
+
+
 def sample_images(model_dir: Path) -> tuple[list[bytes], str]:
     """The model's ``samples/`` images (up to 16), else generated photo-like JPEGs."""
-    folder = model_dir / "samples"
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES) \
-        if folder.is_dir() else []
+    files = sample_files(model_dir / "samples")
     if files:
         return [p.read_bytes() for p in files[:MAX_SAMPLES]], "samples/"
     return [photo_like(size, seed) for seed, size in enumerate(_GENERATED_SIZES)], "generated"
@@ -63,4 +69,31 @@ def photo_like(size: tuple[int, int], seed: int) -> bytes:
     pixels[:, size[0] // 3 : size[0] // 3 + 4] = 20  # a hard edge, like a pole or a frame
     buffer = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def sample_inputs(spec: ModelSpec, prep: Preprocessing, count: int = 8) -> np.ndarray:
+    """Inputs prepared as requests are, for the checks that compare two runtimes (conversion,
+    providers, INT8): noise, smooth synthetic images, and the model's ``samples/``."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+              for _ in range(count // 2)]
+    for i in range(count - len(images)):
+        yy, xx = np.mgrid[0:96, 0:96]
+        base = np.stack([xx * 2.5, yy * 2.5, (xx + yy) * 1.3], axis=-1) % 256
+        image = Image.fromarray(np.roll(base, 20 * i, axis=2 - i % 3).astype(np.uint8))
+        ImageDraw.Draw(image).ellipse((10 + 5 * i, 20, 60, 70 + 3 * i), fill=(30 * i, 200, 90))
+        images.append(image)
+    folders = [spec.path / "samples"] if spec.path.is_dir() else []
+    folders.append(spec.path.parent / "samples")
+    files = [p for folder in folders for p in sample_files(folder)]
+    encoded = [_png(image) for image in images] + [p.read_bytes() for p in files[:32]]
+    return np.stack([to_tensor(data, prep, Region(), 50_000_000) for data in encoded])
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
     return buffer.getvalue()

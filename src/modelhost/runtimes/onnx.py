@@ -97,9 +97,9 @@ class OnnxRuntime(ArrayRuntime):
     def _verified(self, session, spec: ModelSpec, provider: ProviderSpec) -> str:
         """Run the CPU provider and ``session`` on the sample images; raise ProviderError with
         the measured difference unless top-1 agrees and |Δp| ≤ the tolerance."""
+        from ..inputs.drift import sample_inputs
         from ..postprocess import probabilities
         from ..preprocessing import resolve
-        from ..supply.convert import sample_inputs
 
         batch = sample_inputs(spec, resolve(spec.config, self.info))
         kind = spec.config.output_kind

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import StartupError
-from ..supply.convert import TIE  # a top-1 whose runner-up is this close cannot be ordered
 from ..types import ModelConfig, ProviderSpec
 
 ORT_NAMES = {
@@ -275,6 +274,9 @@ def _reason(exc: BaseException) -> str:
 
 
 # -- does it give the CPU's answers? -------------------------------------------------------------
+
+
+TIE = 1e-5  # a top-1 whose runner-up is this close cannot be ordered: not counted as a flip
 
 
 @dataclass(frozen=True)

@@ -76,11 +76,8 @@ class Report:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def optimize_int8(spec: ModelSpec, folder: Path, inputs: np.ndarray, calibrate: bool,

@@ -6,7 +6,8 @@ model has been checked against the original on the same inputs: noise images and
 synthetic images, plus any images in a ``samples/`` folder beside the model (real inputs; put a
 few there), all prepared exactly as the server prepares requests. The check passes when the
 probabilities differ by at most :data:`MAX_ABS_DIFF` and every sample's top-1 class is the same
-(a top-1 tie in the original, top two within :data:`TIE`, cannot be ordered and is not counted).
+(a top-1 tie in the original, top two within ``runtimes.providers.TIE``, cannot be ordered and is
+not counted).
 
 A conversion runs once per source file: the result is cached under ``cache_dir/onnx/`` by the
 SHA-256 of the source's bytes (and the options that shape it). It runs in a subprocess
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import logging
 import os
@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import StartupError
-from ..types import ModelSpec, Preprocessing, Region
+from ..inputs.drift import sample_inputs
+from ..runtimes.providers import agreement
+from ..types import ModelSpec, Preprocessing
 
 if TYPE_CHECKING:
     from ..registry import Progress
@@ -48,10 +50,8 @@ log = logging.getLogger("modelhost.convert")
 
 CONVERTIBLE = ("keras", "tf_savedmodel", "tf_frozen", "torchscript", "torch_export")
 MAX_ABS_DIFF = 1e-4
-TIE = 1e-5
 CONVERTER_VERSION = "2"  # bump when conversion changes, so that caches are redone
 OPSET = 17
-SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 class ConversionError(StartupError):
@@ -245,43 +245,12 @@ def verify(source, converted, batch: np.ndarray, output_kind: str) -> str:
         raise ValueError(f"outputs differ in shape: {expected.shape} vs {actual.shape}")
     p = np.stack([probabilities(row, output_kind) for row in expected])
     q = np.stack([probabilities(row, output_kind) for row in actual])
-    diff = float(np.max(np.abs(p - q)))
-    ordered = np.sort(p, axis=1)
-    decidable = ordered[:, -1] - (ordered[:, -2] if p.shape[1] > 1 else 0) > TIE
-    mismatched = int(np.sum((p.argmax(1) != q.argmax(1)) & decidable))
-    if diff > MAX_ABS_DIFF or mismatched:
-        raise ValueError(f"the ONNX model disagrees with the original: max |Δp| {diff:.2g}, "
-                         f"top-1 differs on {mismatched} of {len(batch)} inputs")
-    return f"verified on {len(batch)} inputs, max |Δp| {diff:.1g}, same top-1"
-
-
-def sample_inputs(spec: ModelSpec, prep: Preprocessing, count: int = 8) -> np.ndarray:
-    """Inputs prepared as requests are: noise, smooth synthetic images, and ``samples/``."""
-    from PIL import Image, ImageDraw
-
-    from ..inputs.images import to_tensor
-
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
-              for _ in range(count // 2)]
-    for i in range(count - len(images)):
-        yy, xx = np.mgrid[0:96, 0:96]
-        base = np.stack([xx * 2.5, yy * 2.5, (xx + yy) * 1.3], axis=-1) % 256
-        image = Image.fromarray(np.roll(base, 20 * i, axis=2 - i % 3).astype(np.uint8))
-        ImageDraw.Draw(image).ellipse((10 + 5 * i, 20, 60, 70 + 3 * i), fill=(30 * i, 200, 90))
-        images.append(image)
-    folders = [spec.path / "samples"] if spec.path.is_dir() else []
-    folders.append(spec.path.parent / "samples")
-    files = sorted(p for folder in folders if folder.is_dir() for p in folder.iterdir()
-                   if p.suffix.lower() in SAMPLE_SUFFIXES)
-    encoded = [_png(image) for image in images] + [p.read_bytes() for p in files[:32]]
-    return np.stack([to_tensor(data, prep, Region(), 50_000_000) for data in encoded])
-
-
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    found = agreement(p, q)
+    if found.max_dp > MAX_ABS_DIFF or found.top1_flips:
+        raise ValueError(f"the ONNX model disagrees with the original: max |Δp| "
+                         f"{found.max_dp:.2g}, top-1 differs on {found.top1_flips} of "
+                         f"{len(batch)} inputs")
+    return f"verified on {len(batch)} inputs, max |Δp| {found.max_dp:.1g}, same top-1"
 
 
 def _export_keras(source, prep: Preprocessing, path: Path) -> None:

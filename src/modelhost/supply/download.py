@@ -68,11 +68,8 @@ def fetch_model(url: str, sha256: str | None, cache_dir: Path, timeout: float = 
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _file_name(url: str) -> str:
