@@ -6,6 +6,10 @@ training pipeline; on real photos served scores moved by up to 0.06 and a top-1 
 largest score difference and the top-1 agreement are reported (``inspect``,
 ``GET /api/models/{model}``, the start-up log line). The images are the model's ``samples/``
 (real photos the owner chose) or, without them, generated photo-like JPEGs of camera sizes.
+
+The model's sample images are read here for every check that runs a model on them
+(:func:`sample_files`): this drift, layout tuning, and :func:`sample_inputs`, the prepared
+batch on which conversion, execution providers and INT8 are compared with the original.
 """
 
 from __future__ import annotations
