@@ -168,8 +168,9 @@ def test_images_are_kept_only_when_asked_and_old_rows_expire(model_repo, tmp_pat
         picture = solid(GREEN)
         predict(server, GREEN)
         sha = hashlib.sha256(picture).hexdigest()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (images / sha[:2] / sha).exists():
+        deadline = time.monotonic() + 10  # a flush saves the image, then stores the row
+        while time.monotonic() < deadline and not (
+                (images / sha[:2] / sha).exists() and len(rows(db, predictions)) == 1):
             time.sleep(0.1)
         assert (images / sha[:2] / sha).read_bytes() == picture
         ids = {r["id"] for r in rows(db, predictions)}
