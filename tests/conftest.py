@@ -52,6 +52,7 @@ def _xdist_group(item: pytest.Item) -> str:
     return next((name for name, files in _SHARED_SERVERS.items() if path in files), path)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
     """One xdist group per file (module-scoped servers start once) or per shared server
     (``--dist loadgroup`` in .ci/run); without xdist the marks do nothing. In an xdist worker
