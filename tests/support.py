@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import io
 import itertools
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -195,6 +200,44 @@ def rgb_model(folder: Path, size: int = 9, layout: str = "NCHW", toml: str = "",
     if toml:
         (folder / "modelhost.toml").write_text(toml)
     return folder / "model.onnx"
+
+
+# -- built once per machine -------------------------------------------------------------------
+
+FRAMEWORKS = ("tensorflow-cpu", "tensorflow", "keras", "torch", "numpy", "scikit-learn", "pillow",
+              "onnx", "tf2onnx", "h5py")
+
+
+def machine_cache(name: str, sources: Iterable[bytes], build: Callable[[Path], None]) -> Path:
+    """A folder ``build`` fills, made once per machine and kept under
+    ``$XDG_CACHE_HOME/modelhost-tests/NAME-KEY``: training or saving a test model in TensorFlow
+    or torch costs tens of seconds, every session and every xdist worker. KEY hashes
+    ``sources`` (the builder's code and inputs) and the versions of the frameworks and
+    libraries in :data:`FRAMEWORKS`, so a change to either builds afresh;
+    ``MODELHOST_TEST_CACHE=off`` always does (into a new temporary folder). Sessions or
+    workers building at once each build in a scratch folder and the first rename wins."""
+    key = hashlib.sha256()
+    for source in sources:
+        key.update(source)
+    for package in FRAMEWORKS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            key.update(f"{package}=={metadata.version(package)}\n".encode())
+    if os.environ.get("MODELHOST_TEST_CACHE") == "off":
+        fresh = Path(tempfile.mkdtemp(prefix=f"modelhost-tests-{name}-"))
+        build(fresh)
+        return fresh
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    target = home / "modelhost-tests" / f"{name}-{key.hexdigest()[:16]}"
+    if not (target / "complete").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        build(scratch)
+        (scratch / "complete").write_text("")
+        try:
+            scratch.rename(target)
+        except OSError:  # another session finished first: theirs is as good
+            shutil.rmtree(scratch, ignore_errors=True)
+    return target
 
 
 # -- images ----------------------------------------------------------------------------------

@@ -9,21 +9,16 @@ framework natively.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ..support import InProcessServer, serve_in_process
+from ..support import InProcessServer, machine_cache, serve_in_process
 from .build_models import write_images
 
 BUILDER = Path(__file__).with_name("build_models.py")
@@ -39,33 +34,14 @@ def built(tmp_path_factory) -> Path:
     Built once per machine and kept (see ``build_cache``); each session gets its own copy.
     """
     out = tmp_path_factory.mktemp("built") / "models"
-    shutil.copytree(build_cache(tmp_path_factory), out, symlinks=True)
+    shutil.copytree(build_cache(), out, symlinks=True)
     return out
 
 
-def build_cache(tmp_path_factory) -> Path:
-    """The built models, under a key of everything that shapes them: build_models.py and the
-    versions of the frameworks and libraries that train, export and predict. A new key builds
-    afresh (two to three minutes on 2 cores); ``MODELHOST_TEST_CACHE=off`` always does."""
-    key = hashlib.sha256(BUILDER.read_bytes())
-    for package in ("tensorflow-cpu", "tensorflow", "keras", "torch", "numpy", "scikit-learn",
-                    "pillow", "onnx", "tf2onnx", "h5py"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            key.update(f"{package}=={metadata.version(package)}\n".encode())
-    if os.environ.get("MODELHOST_TEST_CACHE") == "off":
-        return _build(tmp_path_factory.mktemp("built-fresh"))
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    target = home / "modelhost-tests" / f"built-{key.hexdigest()[:16]}"
-    if not (target / "complete").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-        _build(scratch)
-        (scratch / "complete").write_text("")
-        try:
-            scratch.rename(target)
-        except OSError:  # another session finished first: theirs is as good
-            shutil.rmtree(scratch, ignore_errors=True)
-    return target
+def build_cache() -> Path:
+    """The built models, under a key of build_models.py and the frameworks' versions
+    (``support.machine_cache``; two to three minutes on 2 cores when the key is new)."""
+    return machine_cache("built", [BUILDER.read_bytes()], _build)
 
 
 def _build(out: Path) -> Path:
