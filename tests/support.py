@@ -14,6 +14,7 @@ import contextvars
 import hashlib
 import io
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -409,6 +410,21 @@ class InProcessServer(_ServerLogFile):
         if self.core.registry.lifecycle.fatal:
             return 1
         return 0 if self.app.started else 1
+
+
+def serve_in_process_until_exit(args: list[str], tmp: Path,
+                                timeout: float = 240) -> tuple[int, list[dict]]:
+    """``modelhost serve ARGS`` in this process, for a start that must stop by itself (a model
+    that does not load): the exit status ``serve`` would have had and the JSON log lines. A
+    subprocess would add an interpreter and the server's imports (~1.5 s of CPU) to each case;
+    tests/cli/test_cli.py keeps the real process's exit status and stderr."""
+    stamp = time.monotonic_ns()
+    settings = settings_from_args([*args, "--port", "0", "--db",
+                                   f"sqlite:///{tmp / f'predictions-{stamp}.db'}"])
+    server = InProcessServer(settings, tmp / f"server-{stamp}.log")
+    server._thread.join(timeout)
+    assert not server.alive, f"still serving after {timeout:g}s:\n{server.log()[-4000:]}"
+    return server.stop(), [json.loads(line) for line in server.log().splitlines()]
 
 
 def serve_in_process(args: list[str], tmp: Path, *, wait_ready: bool = True,

@@ -29,7 +29,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ..runtimes.test_watch import Load
-from ..support import rgb_model, serve_in_process, solid
+from ..support import rgb_model, serve_in_process, serve_in_process_until_exit, solid
 
 RED = solid((250, 10, 10))
 CLI = [sys.executable, "-m", "modelhost.cli", "serve"]
@@ -180,19 +180,30 @@ ONNX_KINDS = ["truncated_onnx", "random_onnx", "png_as_onnx", "labels_mismatch",
 TORCH_KINDS = ["truncated_torchscript", "checkpoint_as_torchscript"]
 
 
-def serve_and_fail(model: Path, tmp: Path, *extra: str) -> tuple[int, list[dict], str]:
-    """Run ``modelhost serve MODEL``, which must stop by itself; (exit status, the JSON log
-    lines at level error, all of stderr)."""
+def serve_and_fail(model: Path, tmp: Path) -> tuple[int, list[dict], str]:
+    """Run ``modelhost serve MODEL`` as a process, which must stop by itself; (exit status,
+    the JSON log lines at level error, all of stderr)."""
     done = subprocess.run(
         [*CLI, str(model), "--port", "0", "--db", f"sqlite:///{tmp / 'p.db'}",
-         "--cache-dir", str(tmp / "cache"), *extra],
+         "--cache-dir", str(tmp / "cache")],
         capture_output=True, text=True, timeout=240)
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     return done.returncode, [line for line in lines if line["level"] == "error"], done.stderr
 
 
-def assert_one_clear_line(model: Path, name: str, file: str, reason: str, tmp: Path) -> None:
-    code, errors, stderr = serve_and_fail(model, tmp)
+def assert_one_clear_line(model: Path, name: str, file: str, reason: str, tmp: Path,
+                          capfd: pytest.CaptureFixture[str] | None = None) -> None:
+    """The start stops with status 1 and one error line, and no traceback anywhere: as a real
+    process, or (given ``capfd``, which holds what the model workers wrote to stderr) in this
+    process."""
+    if capfd is None:
+        code, errors, stderr = serve_and_fail(model, tmp)
+    else:
+        capfd.readouterr()
+        code, lines = serve_in_process_until_exit(
+            [str(model), "--cache-dir", str(tmp / "cache")], tmp)
+        errors = [line for line in lines if line["level"] == "error"]
+        stderr = capfd.readouterr().err + "\n".join(map(json.dumps, lines))
     assert code == 1, stderr
     assert "Traceback" not in stderr
     assert len(errors) == 1, stderr
@@ -204,17 +215,20 @@ def assert_one_clear_line(model: Path, name: str, file: str, reason: str, tmp: P
 
 
 @pytest.mark.parametrize("kind", ONNX_KINDS)
-def test_damaged_model_stops_start_up_with_one_line(kind, tmp_path):
+def test_damaged_model_stops_start_up_with_one_line(kind, tmp_path, capfd):
     file, reason = bad_model(kind, tmp_path / "repo" / "broken", None)
     (tmp_path / "secret.bin").write_bytes(np.eye(3, dtype=np.float32).tobytes())
-    assert_one_clear_line(tmp_path / "repo" / "broken", "broken", file, reason, tmp_path)
+    in_process = kind != "truncated_onnx"  # one case as the real process, its stderr and status
+    assert_one_clear_line(tmp_path / "repo" / "broken", "broken", file, reason, tmp_path,
+                          capfd if in_process else None)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", TORCH_KINDS)
-def test_damaged_torch_model_stops_start_up_with_one_line(kind, torch_files, tmp_path):
+def test_damaged_torch_model_stops_start_up_with_one_line(kind, torch_files, tmp_path, capfd):
     file, reason = bad_model(kind, tmp_path / "repo" / "broken", torch_files)
-    assert_one_clear_line(tmp_path / "repo" / "broken", "broken", file, reason, tmp_path)
+    assert_one_clear_line(tmp_path / "repo" / "broken", "broken", file, reason, tmp_path,
+                          capfd)
 
 
 @pytest.mark.slow
@@ -260,7 +274,7 @@ def _wait_settled(server, timeout: float = 180) -> dict:
 
 @pytest.mark.parametrize("location", ["../secret.bin", "ABSOLUTE", "link.bin",
                                       "sub/../../secret.bin", "up/secret.bin"])
-def test_onnx_external_data_outside_the_model_folder_is_refused(location, tmp_path):
+def test_onnx_external_data_outside_the_model_folder_is_refused(location, tmp_path, capfd):
     secret = tmp_path / "secret.bin"
     secret.write_bytes(np.eye(3, dtype=np.float32).tobytes())
     before = secret.stat().st_atime_ns
@@ -275,7 +289,7 @@ def test_onnx_external_data_outside_the_model_folder_is_refused(location, tmp_pa
     external_data_model(folder, location)
     assert_one_clear_line(folder, "escape", "model.onnx",
                           f"keeps its data at {location!r}, outside the model's folder; refused",
-                          tmp_path)
+                          tmp_path, capfd)
     assert secret.stat().st_atime_ns == before  # never opened (atime moves on relatime mounts)
 
 
@@ -296,14 +310,14 @@ def test_onnx_external_data_inside_the_folder_serves(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("archive", ["pickled_weight.pt2", "pickled_inputs.pt2"])
-def test_pickles_in_an_exported_program_never_run(archive, torch_files, tmp_path):
+def test_pickles_in_an_exported_program_never_run(archive, torch_files, tmp_path, capfd):
     folder = tmp_path / "repo" / "exported"
     folder.mkdir(parents=True)
     shutil.copy(torch_files / archive, folder / "model.pt2")
     canary = torch_files / "CANARY"
     assert_one_clear_line(folder, "exported", "model.pt2",
                           "which can run code when loaded; load it only if you trust its "
-                          "author, with --trust-model-code", tmp_path)
+                          "author, with --trust-model-code", tmp_path, capfd)
     assert not canary.exists()
 
 
