@@ -125,7 +125,10 @@ def _serve(conn: Connection, runtime: Runtime, prep: Preprocessing, start: Start
     between the threads; the order of results is the order of batches. ``ready`` is sent once
     the reader runs: every thread exists by then, so the server's priority change for a
     shadow version reaches them all (pool._renice)."""
-    decoded: queue.Queue[_Decoded | bytes | None] = queue.Queue(maxsize=1)
+    # A SimpleQueue: its put is one C call with no Python-level condition variable (a
+    # queue.Queue's notify/wait took half of a tiny model's worker samples in py-spy). It
+    # needs no bound: the server sends at most pool.MAX_INFLIGHT batches ahead.
+    decoded: queue.SimpleQueue[_Decoded | bytes | None] = queue.SimpleQueue()
     reader = threading.Thread(target=_read_and_decode, name="decode", daemon=True,
                               args=(conn, prep, start, runtime.takes_images, decoded))
     reader.start()
@@ -135,7 +138,7 @@ def _serve(conn: Connection, runtime: Runtime, prep: Preprocessing, start: Start
 
 
 def _read_and_decode(conn: Connection, prep: Preprocessing, start: Start, takes_images: bool,
-                     out: queue.Queue[_Decoded | bytes | None]) -> None:
+                     out: queue.SimpleQueue[_Decoded | bytes | None]) -> None:
     """The reader stage: each batch decoded (or failed, as a ready frame); None at the end."""
     slots = Attachments()
     while True:
