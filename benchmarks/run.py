@@ -1,6 +1,9 @@
 """Benchmark scenarios: modelhost against the in-process limit, measured in the same run.
 
-For each model (the tiny ONNX model from ``tiny_model.py`` and the EfficientNet-Lite0 demo):
+For each model (the tiny ONNX model from ``tiny_model.py``, the EfficientNet-Lite0 demo and a
+MobileNetV2-architecture model from ``mobilenet_model.py``), served as a user's own model is —
+no ``[workers]`` or ``[batching]`` in its folder, so modelhost tunes the layout at the first
+start (``--layout pinned`` keeps the folders' own tables):
 
 1. the in-process limit: a plain Python loop that decodes the whole JPEG with Pillow, resizes as
    the model's training pipeline does (the imagenet demo: torchvision's ``Resize(256)`` +
@@ -9,8 +12,10 @@ For each model (the tiny ONNX model from ``tiny_model.py`` and the EfficientNet-
    ``decode = "fast"`` is measured too, against a limit that takes the same ``Image.draft``
    DCT shortcut, so each mode has its own ratio;
 2. modelhost: ``modelhost serve FOLDER`` in a subprocess on 127.0.0.1, loaded by
-   :mod:`modelhost.loadgen` at concurrency 1, 16 and 64, with a paced /healthz probe beside the
-   c=64 load (liveness under saturation).
+   :mod:`modelhost.loadgen` at concurrency 1, 16 and 64, with paced /healthz and /readyz
+   probes beside the c=64 load (probes under saturation);
+3. the tutorial Flask server (``flask_onnx.py``: threaded, one global ONNX Runtime session,
+   the same preprocessing) at the same levels (``--no-flask`` skips it).
 
 Also measured: what the load generator costs on its own (against a trivial asyncio server),
 httpx as a comparison, and optionally ``wrk`` (``--wrk``) as a cross-check of the numbers.
@@ -18,7 +23,7 @@ httpx as a comparison, and optionally ``wrk`` (``--wrk``) as a cross-check of th
 Writes benchmarks/results/latest.json and docs/benchmarks.png. Run it on an idle machine:
 the client shares the 2 cores with the server. ``--quick`` is a smoke check, not a benchmark.
 
-    python benchmarks/run.py                 # full run, ~4 minutes
+    python benchmarks/run.py                 # full run, ~9 minutes
     python benchmarks/run.py --quick         # ~1 minute
     python benchmarks/run.py --models tiny --wrk
     python benchmarks/run.py --quick --decode both   # exact and fast side by side
@@ -57,7 +62,8 @@ for _path in (SRC, ROOT / "benchmarks"):  # a checkout without `pip install -e .
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-import tiny_model  # noqa: E402  (benchmarks/ is this script's folder)
+import mobilenet_model  # noqa: E402  (benchmarks/ is this script's folder)
+import tiny_model  # noqa: E402
 
 from modelhost import loadgen  # noqa: E402
 
@@ -79,6 +85,8 @@ class Options:
     models: tuple[str, ...]
     wrk: bool
     decodes: tuple[str, ...] = ("exact",)
+    layout: str = "tuned"
+    flask: bool = True
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -94,8 +102,10 @@ def photo_jpeg() -> bytes:
     return out.getvalue()
 
 
-def prepare_models(names: tuple[str, ...], cache: Path) -> dict[str, Path]:
-    """Model folders by scenario name; the ImageNet one is converted once and cached."""
+def prepare_models(names: tuple[str, ...], cache: Path, layout: str) -> dict[str, Path]:
+    """Model folders by scenario name; the ImageNet one is converted once and cached. With
+    ``layout == "tuned"`` no folder pins ``[workers]`` or ``[batching]``: each model is served
+    as a user's own model is, with the layout modelhost tunes at its first start."""
     folders: dict[str, Path] = {}
     if "tiny" in names:
         folders["tiny"] = tiny_model.build(cache / "tiny")
@@ -104,7 +114,23 @@ def prepare_models(names: tuple[str, ...], cache: Path) -> dict[str, Path]:
 
         folders["imagenet"] = Path(shutil.copytree(convert_imagenet(), cache / "imagenet"))
         (folders["imagenet"] / "modelhost.toml").write_text(TOML, encoding="utf-8")
+    if "mobilenet" in names:
+        folders["mobilenet"] = mobilenet_model.build(cache / "mobilenet")
+    if layout == "tuned":
+        for folder in folders.values():
+            unpin(folder / "modelhost.toml")
     return folders
+
+
+def unpin(toml: Path) -> None:
+    """Drop the ``[workers]`` and ``[batching]`` tables from a modelhost.toml."""
+    kept, skipping = [], False
+    for line in toml.read_text(encoding="utf-8").splitlines():
+        if line.startswith("["):
+            skipping = line.strip() in ("[workers]", "[batching]")
+        if not skipping:
+            kept.append(line)
+    toml.write_text("\n".join(kept) + "\n", encoding="utf-8")
 
 
 def convert_imagenet() -> Path:
@@ -166,7 +192,19 @@ def fast_folder(folder: Path, tmp: Path) -> Path:
     return out
 
 
-PREPS: dict[str, Prep] = {"tiny": prep_tiny, "imagenet": prep_imagenet}
+def prep_mobilenet(jpeg: bytes, fast: bool = False) -> np.ndarray:
+    """Stretch to 224x224 bilinear (Pillow), x / 255, ImageNet mean/std, CHW."""
+    image = Image.open(io.BytesIO(jpeg))
+    _draft(image, (mobilenet_model.SIZE,) * 2, fast)
+    image = image.convert("RGB").resize((mobilenet_model.SIZE,) * 2, Image.Resampling.BILINEAR)
+    x = np.asarray(image, np.float32) / 255.0
+    return ((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).astype(np.float32)
+
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+PREPS: dict[str, Prep] = {"tiny": prep_tiny, "imagenet": prep_imagenet,
+                          "mobilenet": prep_mobilenet}
 
 
 # ----------------------------------------------------------------------------- in-process limit
@@ -241,7 +279,8 @@ class ServerRun:
 
 @contextmanager
 def running_server(folder: Path, log_path: Path, ready_timeout: float, extra: list[str] = (),
-                   python: str = sys.executable) -> Iterator[ServerRun]:
+                   python: str = sys.executable, env: dict[str, str] | None = None,
+                   ) -> Iterator[ServerRun]:
     """``modelhost serve FOLDER EXTRA`` on a free loopback port until the block ends
     (SIGTERM), under ``python`` (another interpreter for OpenVINO, see acceleration.py)."""
     port = free_port()
@@ -249,7 +288,8 @@ def running_server(folder: Path, log_path: Path, ready_timeout: float, extra: li
     run = ServerRun(base=f"http://127.0.0.1:{port}")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT
+            command, stdout=log, stderr=subprocess.STDOUT, env={**_child_env(), **(env or {})},
+            cwd=ROOT,
         )
         run.pid = process.pid
         try:
@@ -300,35 +340,80 @@ def model_name(base: str) -> str:
 
 
 def serve_scenario(folder: Path, jpeg: bytes, opts: Options, log: Path) -> dict[str, Any]:
-    """Load levels against a fresh server; /healthz probed beside the last (c=64) level."""
-    with running_server(folder, log, opts.ready_timeout) as server:
+    """Load levels against a fresh server (with a fresh cache: a tuned layout is measured at
+    this first start); /healthz and /readyz probed beside the last (c=64) level."""
+    env = {"MODELHOST_CACHE_DIR": str(log.parent / f"cache-{log.stem}")}
+    with running_server(folder, log, opts.ready_timeout, env=env) as server:
         name = model_name(server.base)
+        layout = _layout(server.base, name)
+        print(f"  layout: {layout}", flush=True)
         url = f"{server.base}/api/models/{name}/predict"
-        target = loadgen.upload_target(url, "image", "a.jpg", jpeg)
-        levels, healthz = [], None
-        for concurrency in LEVELS:
-            specs = [loadgen.LoadSpec(target, concurrency, name=f"c{concurrency}")]
-            if concurrency == LEVELS[-1]:
-                probe = loadgen.Target(server.base + "/healthz")
-                specs.append(loadgen.LoadSpec(probe, 1, "healthz", interval=PROBE_INTERVAL))
-            results = loadgen.run_load_sync(specs, opts.duration, opts.warmup)
-            _print_level(results[0])
-            levels.append(results[0].to_dict())
-            if len(results) > 1:
-                healthz = results[1].to_dict()
-                lat = results[1].latency_ms
-                print(f"  /healthz beside it: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms")
-        wrk = wrk_run(target, 16, opts.duration) if opts.wrk else None
+        levels, probes = load_levels(loadgen.upload_target(url, "image", "a.jpg", jpeg),
+                                     server.base, opts)
+        wrk = wrk_run(loadgen.upload_target(url, "image", "a.jpg", jpeg), 16, opts.duration) \
+            if opts.wrk else None
         _print_wrk(wrk)
     print(f"  stopped with SIGTERM: exit {server.exit_code} in {server.stop_seconds:.1f} s")
     return {
         "model": name,
         "url": url,
+        "layout": layout,
         "levels": levels,
-        "healthz": healthz,
+        "healthz": probes.get("/healthz"),
+        "readyz": probes.get("/readyz"),
         "wrk": wrk,
         "shutdown": {"exit_code": server.exit_code, "seconds": server.stop_seconds},
     }
+
+
+def load_levels(target: loadgen.Target, base: str, opts: Options,
+                probe_paths: tuple[str, ...] = ("/healthz", "/readyz"),
+                ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Each level of LEVELS in turn; the probes paced beside the last one."""
+    levels: list[dict[str, Any]] = []
+    probes: dict[str, dict[str, Any]] = {}
+    for concurrency in LEVELS:
+        specs = [loadgen.LoadSpec(target, concurrency, name=f"c{concurrency}")]
+        if concurrency == LEVELS[-1]:
+            specs += [loadgen.LoadSpec(loadgen.Target(base + path), 1, path,
+                                       interval=PROBE_INTERVAL) for path in probe_paths]
+        results = loadgen.run_load_sync(specs, opts.duration, opts.warmup)
+        _print_level(results[0])
+        levels.append(results[0].to_dict())
+        for path, result in zip(probe_paths, results[1:], strict=False):
+            probes[path] = result.to_dict()
+            lat = result.latency_ms
+            errors = f", errors {result.errors}" if result.errors else ""
+            print(f"  {path} beside it: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms{errors}")
+    return levels, probes
+
+
+def _layout(base: str, name: str) -> dict[str, Any]:
+    """The model's layout and where each value came from (tuned, pinned, default)."""
+    import httpx
+
+    info = httpx.get(f"{base}/api/models/{name}", timeout=10).json()
+    return {"layout": info.get("layout"), "source": info.get("layout_source")}
+
+
+def flask_scenario(name: str, folder: Path, jpeg: bytes, opts: Options, log: Path
+                   ) -> dict[str, Any]:
+    """The tutorial Flask server (flask_onnx.py) on the same model, same levels."""
+    port = free_port()
+    script = Path(__file__).resolve().parent / "flask_onnx.py"
+    command = [sys.executable, str(script), str(folder), name, str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   env=_child_env())
+        try:
+            _wait_port(port, timeout=60)
+            target = loadgen.upload_target(f"http://127.0.0.1:{port}/predict", "image", "a.jpg",
+                                           jpeg)
+            levels, _ = load_levels(target, "", opts, probe_paths=())
+        finally:
+            process.terminate()
+            process.wait()
+    return {"levels": levels}
 
 
 def _print_wrk(wrk: dict[str, Any] | None) -> None:
@@ -527,8 +612,10 @@ def print_summary(report: dict[str, Any]) -> None:
         "c1 p50",
         "c1 p50 - b1",
         "c64 p99",
-        "healthz p99 @c64",
+        "healthz / readyz p99 @c64",
         "best ratio",
+        "Flask c1 / c16",
+        "c16 / Flask",
     ):
         table.add_column(column, justify="right")
     for name, result in report["models"].items():
@@ -545,7 +632,9 @@ def _summary_cells(result: dict[str, Any]) -> list[str]:
     limit, server, ratio = result["limit"], result["server"], result["ratios"]
     levels = {lv["concurrency"]: lv for lv in server["levels"]}
     best_level = max(server["levels"], key=lambda lv: lv["rps"])
-    healthz = server["healthz"]["latency_ms"]["p99"] if server["healthz"] else float("nan")
+    probes = [server[p]["latency_ms"]["p99"] if server.get(p) else float("nan")
+              for p in ("healthz", "readyz")]
+    flask = {lv["concurrency"]: lv["rps"] for lv in result.get("flask", {}).get("levels", [])}
     return [
         f"{limit['batch1']['rps']:,.0f}",
         f"{limit['best']['rps']:,.0f} (b{limit['best']['batch']})",
@@ -553,8 +642,10 @@ def _summary_cells(result: dict[str, Any]) -> list[str]:
         f"{levels[1]['latency_ms']['p50']:.2f}",
         f"{ratio['c1_p50_minus_limit_ms']:+.2f}",
         f"{levels[64]['latency_ms']['p99']:.1f}",
-        f"{healthz:.2f}",
+        f"{probes[0]:.1f} / {probes[1]:.1f}",
         f"{best_level['rps'] / limit['best']['rps']:.2f}",
+        f"{flask.get(1, float('nan')):,.0f} / {flask.get(16, float('nan')):,.0f}",
+        f"{levels[16]['rps'] / flask[16]:.2f}" if 16 in flask else "",
     ]
 
 
@@ -650,7 +741,18 @@ def run_model(name: str, folder: Path, jpeg: bytes, opts: Options, logs: Path,
     except RuntimeError as exc:
         print(f"  failed: {exc}", flush=True)
         return {"limit": limit, "error": str(exc)}
-    return {"limit": limit, "server": server, "ratios": ratios(limit, server)}
+    result = {"limit": limit, "server": server, "ratios": ratios(limit, server)}
+    if opts.flask and not fast:
+        print(f"[{label}] the tutorial Flask server (flask_onnx.py) ...", flush=True)
+        load = os.getloadavg()[0]
+        flask = flask_scenario(name, folder, jpeg, opts, logs / f"flask-{name}.log")
+        flask["load_average_before"] = load
+        result["flask"] = flask
+        result["ratios"]["over_flask"] = {
+            f"c{ours['concurrency']}": ours["rps"] / theirs["rps"]
+            for ours, theirs in zip(server["levels"], flask["levels"], strict=True)
+        }
+    return result
 
 
 def machine() -> dict[str, Any]:
@@ -670,11 +772,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     parser.add_argument("--duration", type=float, help="seconds measured per level [15]")
     parser.add_argument("--warmup", type=float, help="seconds per level before measuring [2]")
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke check")
-    parser.add_argument("--models", default="tiny,imagenet", help="comma-separated subset")
+    parser.add_argument("--models", default="tiny,imagenet,mobilenet",
+                        help="comma-separated subset")
     parser.add_argument("--wrk", action="store_true", help="cross-check with wrk (c=16)")
     parser.add_argument("--decode", choices=("exact", "fast", "both"), default="exact",
                         help="the models' decode mode(s) [exact, the default]")
     parser.add_argument("--ready-timeout", type=float, default=300, help="server start limit")
+    parser.add_argument("--layout", choices=("tuned", "pinned"), default="tuned",
+                        help="tuned: no [workers]/[batching] in any model folder, as a user's "
+                        "own model is served [default]; pinned: the folders' own tables")
+    parser.add_argument("--no-flask", action="store_true",
+                        help="skip the tutorial Flask server (flask_onnx.py) on each model")
     parser.add_argument("--providers", help="imagenet on these providers, e.g. cpu,openvino "
                         "(benchmarks/acceleration.py; with --precision)")
     parser.add_argument("--precision", help="imagenet at these precisions, e.g. fp32,int8")
@@ -692,6 +800,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         wrk=args.wrk,
         decodes=("exact", "fast") if args.decode == "both" else (args.decode,),
+        layout=args.layout,
+        flask=not args.no_flask,
     )
     unknown = set(opts.models) - set(PREPS)
     if unknown:
@@ -723,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_bytes": len(jpeg),
     }
     with tempfile.TemporaryDirectory(prefix="modelhost-bench-") as tmp:
-        folders = prepare_models(opts.models, Path(tmp))
+        folders = prepare_models(opts.models, Path(tmp), opts.layout)
         print("load generator on its own ...", flush=True)
         report["client_check"] = client_check(jpeg, opts)
         report["models"] = {

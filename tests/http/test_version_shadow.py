@@ -89,13 +89,16 @@ def test_shadow_records_both_and_answers_from_the_default(server):
 
 def test_the_shadow_versions_workers_yield_the_cpu(server):
     """The shadow's work must not slow the answers: its workers run at the lowest CPU priority
-    (nice + 19 over the server's), the answering version's at the server's own, and a routing
-    change moves the priorities with the roles."""
+    (nice + 19 over the server's, in every thread), the answering version's at the server's
+    own, and a routing change moves the priorities with the roles."""
     base = os.getpriority(os.PRIO_PROCESS, 0)
 
     def niceness() -> dict[str, set[int]]:
+        """Per version, the niceness of every thread of its workers (on Linux each thread
+        has its own: the runtime's compute threads and the decode thread count too)."""
         versions = server.core.registry.versions("m")
-        return {v: {os.getpriority(os.PRIO_PROCESS, pid) for pid in m.pool.pids()}
+        return {v: {os.getpriority(os.PRIO_PROCESS, int(tid)) for pid in m.pool.pids()
+                    for tid in os.listdir(f"/proc/{pid}/task")}
                 for v, m in versions.items()}
 
     assert niceness() == {"1": {base}, "2": {min(base + 19, 19)}}

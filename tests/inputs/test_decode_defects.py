@@ -95,7 +95,9 @@ def test_predict_image_class_gets_open_upright_images(mean_colour):
         items.append(Item(offset, offset + len(data), Region()))
         offset += len(data)
     start = Start(spec, threads=1, max_pixels=10**8)
-    frame = worker._run(runtime, Preprocessing(), start, Batch(1, tuple(items)), payload)
+    batch = Batch(1, tuple(items))
+    frame = worker._infer(runtime, worker._decode_batch(Preprocessing(), start, True, batch,
+                                                         payload))
     header, body = decode(frame)
     assert isinstance(header, Result), header
     assert header.errors == () and header.ok == tuple(range(len(cases)))

@@ -1,5 +1,5 @@
 """The worker process: load one model, warm it up, then decode and run batches until told to
-stop.
+stop (decoding the next batch in a second thread while the model runs the current one).
 
 Started as ``python -m modelhost.workers.worker FD`` with one end of a socket pair: a fresh
 interpreter that imports only what a worker needs (multiprocessing's ``spawn`` would also
@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import resource
 import signal
 import sys
+import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -77,8 +79,8 @@ def main(fd: int) -> None:
     except Exception as exc:  # report any load failure as data, then exit
         conn.send_bytes(encode(LoadFailed("model_load_failed", _describe(exc))))
         return
-    conn.send_bytes(encode(Ready(info, time.perf_counter() - started, os.getpid())))
-    _serve(conn, runtime, prep, start)
+    ready = encode(Ready(info, time.perf_counter() - started, os.getpid()))
+    _serve(conn, runtime, prep, start, ready)
 
 
 def _warm_up(runtime: Runtime, prep: Preprocessing, max_pixels: int) -> None:
@@ -100,35 +102,66 @@ def _with_drift(runtime: Runtime, prep: Preprocessing, start: Start) -> ModelInf
     return replace(runtime.info, drift=drift)
 
 
-def _serve(conn: Connection, runtime: Runtime, prep: Preprocessing, start: Start) -> None:
+@dataclass
+class _Decoded:
+    """One batch after the decode stage: the model's inputs and each image's outcome."""
+
+    batch: Batch
+    rows: list[np.ndarray] = field(default_factory=list)
+    images: list[Image.Image] = field(default_factory=list)  # for a pipeline.py's images
+    ok: list[int] = field(default_factory=list)
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+    decode_ms: list[float] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+
+
+def _serve(conn: Connection, runtime: Runtime, prep: Preprocessing, start: Start,
+           ready: bytes) -> None:
+    """Two stages in two threads: a reader receives and decodes the next batch while this
+    thread runs the model on the current one. Pillow's decoder and resampling and ONNX
+    Runtime release the GIL, so a worker overlaps a JPEG's decoding with the previous
+    batch's inference instead of idling its runtime threads (the server keeps up to two
+    batches in flight per worker, pool.MAX_INFLIGHT). One batch alone pays only the hand-over
+    between the threads; the order of results is the order of batches. ``ready`` is sent once
+    the reader runs: every thread exists by then, so the server's priority change for a
+    shadow version reaches them all (pool._renice)."""
+    # A SimpleQueue: its put is one C call with no Python-level condition variable (a
+    # queue.Queue's notify/wait took half of a tiny model's worker samples in py-spy). It
+    # needs no bound: the server sends at most pool.MAX_INFLIGHT batches ahead.
+    decoded: queue.SimpleQueue[_Decoded | bytes | None] = queue.SimpleQueue()
+    reader = threading.Thread(target=_read_and_decode, name="decode", daemon=True,
+                              args=(conn, prep, start, runtime.takes_images, decoded))
+    reader.start()
+    conn.send_bytes(ready)
+    while (job := decoded.get()) is not None:
+        conn.send_bytes(job if isinstance(job, bytes) else _infer(runtime, job))
+
+
+def _read_and_decode(conn: Connection, prep: Preprocessing, start: Start, takes_images: bool,
+                     out: queue.SimpleQueue[_Decoded | bytes | None]) -> None:
+    """The reader stage: each batch decoded (or failed, as a ready frame); None at the end."""
     slots = Attachments()
     while True:
         try:
             header, payload = decode(conn.recv_bytes())
         except (EOFError, OSError):
-            return
+            break
         if isinstance(header, Stop):
-            return
+            break
         if isinstance(header, Batch):
             if header.shm:
                 payload = slots.view(header.shm, header.items[-1].end)
             try:
-                frame = _run(runtime, prep, start, header, payload)
+                out.put(_decode_batch(prep, start, takes_images, header, payload))
             except Exception as exc:  # a bug here must fail one batch, not the worker
-                frame = encode(BatchFailed(header.batch_id, "model_failed", _describe(exc)))
-            conn.send_bytes(frame)
+                out.put(encode(BatchFailed(header.batch_id, "model_failed", _describe(exc))))
+    out.put(None)
 
 
-def _run(runtime: Runtime, prep: Preprocessing, start: Start, batch: Batch, payload) -> bytes:
-    """Decode each image on its own (a bad one fails alone), then run the good ones together."""
-    max_pixels = start.max_pixels
-    rows: list[np.ndarray] = []
-    images: list[Image.Image] = []  # instead, for a pipeline.py that wants PIL images
-    ok: list[int] = []
-    errors: list[tuple[int, str, str]] = []
-    decode_ms: list[float] = []
-    digests: list[str] = []
-    takes_images = runtime.takes_images
+def _decode_batch(prep: Preprocessing, start: Start, takes_images: bool, batch: Batch,
+                  payload) -> _Decoded:
+    """Decode each image on its own: a bad one fails alone."""
+    job = _Decoded(batch)
     for index, item in enumerate(batch.items):
         started = time.perf_counter()
         try:
@@ -136,29 +169,34 @@ def _run(runtime: Runtime, prep: Preprocessing, start: Start, batch: Batch, payl
             # Hashed here, not in the server: 40 µs for a 60 KB JPEG was 3 % of the event
             # loop's time per request at the tiny model's rate (benchmarks/prediction_log.py).
             # Only with a prediction log: nothing else reads the digest.
-            digests.append(hashlib.sha256(data).hexdigest() if start.hash_inputs else "")
+            job.digests.append(hashlib.sha256(data).hexdigest() if start.hash_inputs else "")
             if takes_images:
-                images.append(_image(data, item.region, prep, max_pixels))
+                job.images.append(_image(data, item.region, prep, start.max_pixels))
             else:
-                rows.append(_row(data, prep, item.region, max_pixels))
-            ok.append(index)
+                job.rows.append(_row(data, prep, item.region, start.max_pixels))
+            job.ok.append(index)
         except ModelhostError as exc:
-            errors.append((index, exc.code, exc.message))
+            job.errors.append((index, exc.code, exc.message))
         except Exception:  # MemoryError, a decoder bug: still this image's problem only
-            errors.append((index, "image_decode_failed", "the image could not be decoded"))
-        decode_ms.append((time.perf_counter() - started) * 1000)
+            job.errors.append((index, "image_decode_failed", "the image could not be decoded"))
+        job.decode_ms.append((time.perf_counter() - started) * 1000)
+    return job
+
+
+def _infer(runtime: Runtime, job: _Decoded) -> bytes:
+    """Run the good images of a decoded batch together; the result frame."""
     output, elapsed = np.zeros((0, 0), np.float32), 0.0
-    if ok:
+    if job.ok:
         started = time.perf_counter()
         try:
-            output = np.asarray(runtime.predict_images(images) if takes_images
-                                else runtime.predict(np.stack(rows)))
+            output = np.asarray(runtime.predict_images(job.images) if runtime.takes_images
+                                else runtime.predict(np.stack(job.rows)))
         except Exception as exc:
-            return encode(BatchFailed(batch.batch_id, "model_failed", _describe(exc)))
+            return encode(BatchFailed(job.batch.batch_id, "model_failed", _describe(exc)))
         elapsed = (time.perf_counter() - started) * 1000
         output = output.reshape(output.shape[0], -1).astype(np.float32, copy=False)
-    header = Result(batch.batch_id, "float32", output.shape, tuple(ok), tuple(errors),
-                    tuple(decode_ms), elapsed, tuple(digests))
+    header = Result(job.batch.batch_id, "float32", output.shape, tuple(job.ok),
+                    tuple(job.errors), tuple(job.decode_ms), elapsed, tuple(job.digests))
     return encode(header, output)
 
 
