@@ -57,7 +57,9 @@ def pytest_collection_modifyitems(config, items) -> None:
     """One xdist group per file (module-scoped servers start once) or per shared server
     (``--dist loadgroup`` in .ci/run); without xdist the marks do nothing. In an xdist worker
     the groups holding a ``slow`` test come first (.ci/run keeps this order with
-    ``--no-loadscope-reorder``), so the longest ones start at once instead of ending the run."""
+    ``--no-loadscope-reorder``), so the longest ones start at once instead of ending the run.
+    It runs first: pytest-xdist's own hook reads the marks (and appends ``@GROUP`` to each test's
+    id); after it, every test would be scheduled alone (tests/test_session.py checks)."""
     groups = {item: _xdist_group(item) for item in items}
     for item, group in groups.items():
         item.add_marker(pytest.mark.xdist_group(group))
