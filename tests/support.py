@@ -209,13 +209,14 @@ FRAMEWORKS = ("tensorflow-cpu", "tensorflow", "keras", "torch", "numpy", "scikit
               "onnx", "tf2onnx", "h5py")
 
 
-def machine_cache(name: str, sources: Iterable[bytes], build: Callable[[Path], None]) -> Path:
+def machine_cache(name: str, sources: Iterable[bytes], build: Callable[[Path], object],
+                  fresh: Path) -> Path:
     """A folder ``build`` fills, made once per machine and kept under
     ``$XDG_CACHE_HOME/modelhost-tests/NAME-KEY``: training or saving a test model in TensorFlow
     or torch costs tens of seconds, every session and every xdist worker. KEY hashes
     ``sources`` (the builder's code and inputs) and the versions of the frameworks and
     libraries in :data:`FRAMEWORKS`, so a change to either builds afresh;
-    ``MODELHOST_TEST_CACHE=off`` always does (into a new temporary folder). Sessions or
+    ``MODELHOST_TEST_CACHE=off`` always does, into the new folder ``fresh``. Sessions or
     workers building at once each build in a scratch folder and the first rename wins."""
     key = hashlib.sha256()
     for source in sources:
@@ -224,7 +225,7 @@ def machine_cache(name: str, sources: Iterable[bytes], build: Callable[[Path], N
         with contextlib.suppress(metadata.PackageNotFoundError):
             key.update(f"{package}=={metadata.version(package)}\n".encode())
     if os.environ.get("MODELHOST_TEST_CACHE") == "off":
-        fresh = Path(tempfile.mkdtemp(prefix=f"modelhost-tests-{name}-"))
+        fresh.mkdir(parents=True, exist_ok=True)
         build(fresh)
         return fresh
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -169,7 +169,7 @@ def repo(effnet, tmp_path_factory) -> Path:
         traced.save(str(root / name / "model.pt"))
         (root / name / "labels.txt").write_text(labels)
         (root / name / "modelhost.toml").write_text(TORCH_TOML.format(extra=extra))
-    _keras_model(root / "mobilenet")
+    _keras_model(root / "mobilenet", tmp_path_factory.mktemp("keras-fresh"))
     return root
 
 
@@ -191,7 +191,7 @@ np.savez(folder / "expected.npz", names=[f.stem for f in files],
 """
 
 
-def _keras_model(folder: Path) -> None:
+def _keras_model(folder: Path, fresh: Path) -> None:
     """A real Keras architecture (MobileNetV2, seeded weights), its .keras file, and Keras'
     own probabilities for every photo and crop (load_img + img_to_array + preprocess_input),
     as keras-expected.npz beside the repository. Built once per machine (``machine_cache``,
@@ -199,7 +199,7 @@ def _keras_model(folder: Path) -> None:
     pngs = [image_bytes(_upright(PHOTOS[name], point), "PNG", compress_level=0)
             for name, point in CASES]
     built = machine_cache("faithful-keras", [KERAS_SCRIPT.encode(), *pngs],
-                          functools.partial(_build_keras, pngs))
+                          functools.partial(_build_keras, pngs), fresh)
     folder.mkdir(parents=True)
     shutil.copy(built / "model.keras", folder / "model.keras")
     (folder / "labels.txt").write_text("".join(f"class {i}\n" for i in range(10)))

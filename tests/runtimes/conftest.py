@@ -34,14 +34,15 @@ def built(tmp_path_factory) -> Path:
     Built once per machine and kept (see ``build_cache``); each session gets its own copy.
     """
     out = tmp_path_factory.mktemp("built") / "models"
-    shutil.copytree(build_cache(), out, symlinks=True)
+    shutil.copytree(build_cache(tmp_path_factory), out, symlinks=True)
     return out
 
 
-def build_cache() -> Path:
+def build_cache(tmp_path_factory) -> Path:
     """The built models, under a key of build_models.py and the frameworks' versions
     (``support.machine_cache``; two to three minutes on 2 cores when the key is new)."""
-    return machine_cache("built", [BUILDER.read_bytes()], _build)
+    return machine_cache("built", [BUILDER.read_bytes()], _build,
+                         tmp_path_factory.mktemp("built-fresh"))
 
 
 def _build(out: Path) -> Path:
