@@ -1,4 +1,5 @@
-"""Test support: start the real server, build small real models, make images.
+"""Test support: start the real server, build small real models (and keep the ones TensorFlow or
+torch build, once per machine), make images.
 
 Nothing here mocks modelhost. ``serve_in_process`` builds the application with modelhost's
 composition root from ``modelhost serve`` flags and runs it in a thread, on 127.0.0.1 with a
@@ -389,6 +390,12 @@ class InProcessServer(_ServerLogFile):
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def wait_stopped(self, timeout: float) -> bool:
+        """True once the server has stopped by itself (a start that failed) within
+        ``timeout`` seconds."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def worker_pids(self) -> list[int]:
         """This server's live model workers (other in-process servers have their own)."""
         return [pid for model in list(self.core.registry.models.values())
@@ -423,8 +430,8 @@ def serve_in_process_until_exit(args: list[str], tmp: Path,
     settings = settings_from_args([*args, "--port", "0", "--db",
                                    f"sqlite:///{tmp / f'predictions-{stamp}.db'}"])
     server = InProcessServer(settings, tmp / f"server-{stamp}.log")
-    server._thread.join(timeout)
-    assert not server.alive, f"still serving after {timeout:g}s:\n{server.log()[-4000:]}"
+    assert server.wait_stopped(timeout), \
+        f"still serving after {timeout:g}s:\n{server.log()[-4000:]}"
     return server.stop(), [json.loads(line) for line in server.log().splitlines()]
 
 
