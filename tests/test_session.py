@@ -49,7 +49,8 @@ def test_files_sharing_a_server_reach_xdist_as_one_group(tmp_path):
          "-p", "no:cacheprovider", str(tests / "runtimes" / "test_serving.py"),
          str(tests / "runtimes" / "test_convert.py"), str(tests / "test_vocabulary.py")],
         capture_output=True, text=True, timeout=120, cwd=tests.parent,
-        env={**os.environ, "RECORDED": str(tmp_path / "recorded.jsonl"),
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},  # own
+             "RECORDED": str(tmp_path / "recorded.jsonl"),  # xdist run, not this worker's
              "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     recorded = [json.loads(line) for line in (tmp_path / "recorded.jsonl").read_text().splitlines()]
