@@ -1,13 +1,13 @@
 """Where the time goes: py-spy profiles of the HTTP process and the workers under load.
 
 For each model (tiny and mobilenet by default) served as run.py serves it (the tuned defaults,
-a fresh cache), load at concurrency 16 from :mod:`modelhost.loadgen` while ``py-spy record``
-samples the server process and each worker process (100 Hz, non-blocking, idle threads left
-out). Per process it prints how busy the process was (samples over wall time; 100 % is one
-thread on a core all the time) and the functions where its samples fall: by self time (the
-innermost frame) and inclusive (any frame on the stack). Writes the collapsed stacks to
-benchmarks/results/profiles/ (``flamegraph.pl`` or speedscope open them) and the summary to
-benchmarks/results/profile.json.
+a fresh cache), load at concurrency 16 (``--concurrency``) from :mod:`modelhost.loadgen` while
+``py-spy record`` samples the server process and each worker process (100 Hz, non-blocking,
+idle threads left out). Per process it prints how busy the process was (samples over wall
+time; 100 % is one thread on a core all the time) and the functions where its samples fall:
+by self time (the innermost frame) and inclusive (any frame on the stack). Writes the
+collapsed stacks to benchmarks/results/profiles/ (``flamegraph.pl`` or speedscope open them)
+and the summary to benchmarks/results/profile.json.
 
     python benchmarks/profile.py                   # ~2 minutes
     python benchmarks/profile.py --models tiny --duration 20
@@ -80,15 +80,15 @@ def _short(frame: str) -> str:
     return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
 
 
-def profile_model(name: str, folder: Path, jpeg: bytes, seconds: float, tmp: Path
-                  ) -> dict[str, Any]:
+def profile_model(name: str, folder: Path, jpeg: bytes, seconds: float, tmp: Path,
+                  concurrency: int) -> dict[str, Any]:
     env = {"MODELHOST_CACHE_DIR": str(tmp / f"cache-{name}")}
     (RESULTS / "profiles").mkdir(parents=True, exist_ok=True)
     with run.running_server(folder, tmp / f"server-{name}.log", 300, env=env) as server:
         model = run.model_name(server.base)
         target = loadgen.upload_target(f"{server.base}/api/models/{model}/predict", "image",
                                        "a.jpg", jpeg)
-        spec = loadgen.LoadSpec(target, 16, name="c16")
+        spec = loadgen.LoadSpec(target, concurrency, name=f"c{concurrency}")
         load: list[loadgen.LevelResult] = []
         loader = threading.Thread(target=lambda: load.extend(
             loadgen.run_load_sync([spec], seconds + 2, warmup=1.0)))
@@ -120,7 +120,7 @@ def _spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 
 def show(name: str, result: dict[str, Any]) -> None:
-    print(f"\n== {name}: {result['rps']:.0f} req/s at c=16 while sampled; {result['layout']}")
+    print(f"\n== {name}: {result['rps']:.0f} req/s while sampled; {result['layout']}")
     for role, summary in result["processes"].items():
         if not summary:
             print(f"  {role}: no samples")
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="tiny,mobilenet", help="comma-separated subset")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds sampled [15]")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests at once [16]")
     args = parser.parse_args(argv)
     if not shutil.which("py-spy"):
         print("py-spy is not installed: pip install py-spy (it is in modelhost's dev extra)")
@@ -145,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": run.machine(), "duration": args.duration}
     with tempfile.TemporaryDirectory(prefix="modelhost-profile-") as tmp:
         folders = run.prepare_models(names, Path(tmp), "tuned")
-        report["models"] = {n: profile_model(n, f, jpeg, args.duration, Path(tmp))
+        report["models"] = {n: profile_model(n, f, jpeg, args.duration, Path(tmp),
+                                             args.concurrency)
                             for n, f in folders.items()}
+    report["concurrency"] = args.concurrency
     for name, result in report["models"].items():
         show(name, result)
     (RESULTS / "profile.json").write_text(json.dumps(report, indent=2) + "\n")

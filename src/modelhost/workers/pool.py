@@ -56,6 +56,12 @@ HANG_GRACE = 2.0  # seconds past a batch's deadline before its worker counts as 
 _batch_ids = itertools.count(1)
 _LENGTH = struct.Struct("!i")  # multiprocessing.connection's frame header
 QUARANTINE_AFTER = 2  # worker deaths with the same input in flight
+# How much lower than the server the workers run. The HTTP process is the front of every
+# request: when the workers' threads keep both cores busy, an equal share left it (and its
+# probes) waiting for a core. At +5, with the MobileNetV2-class model saturated at c=64,
+# /healthz p99 went from 21.5-22.9 ms to 11.6-11.8 ms at the same req/s; the tiny model's
+# /healthz p50 from 9.2-9.4 ms to 3.1-3.8 ms (benchmarks/run.py, docs/benchmarks.md).
+WORKER_NICE = 5
 BACKGROUND_NICE = 19  # how much lower a background (shadow) version's workers run
 
 
@@ -85,7 +91,7 @@ class Worker:
         self._ready: asyncio.Future[Ready] = self._loop.create_future()
         self.exited: asyncio.Future[int | None] = self._loop.create_future()
         self.pid: int | None = None
-        self.niced = False  # running at a background (shadow) version's lower CPU priority
+        self.niceness: int | None = None  # as set by the pool (None: not set yet)
 
     @property
     def inflight(self) -> int:
@@ -343,9 +349,9 @@ class ModelPool:
                 for w in self._workers if w is not None and w.alive and w.info is not None]
 
     def set_background(self, on: bool) -> None:
-        """Run this pool's workers at a lower CPU priority (``on``: a shadow version) or at
-        the server's own. A shadow's work competes with the answering version's for the same
-        cores: without this it raised the answers' p50 at concurrency 1 by 28–43 %
+        """Run this pool's workers at the lowest CPU priority (``on``: a shadow version) or at
+        a workers' usual one. A shadow's work competes with the answering version's for the
+        same cores: without this it raised the answers' p50 at concurrency 1 by 28–43 %
         (benchmarks/versions.py)."""
         if on != self._background:
             self._background = on
@@ -354,12 +360,16 @@ class ModelPool:
                     self._prioritise(worker)
 
     def _prioritise(self, worker: Worker) -> None:
-        if worker.pid is None or (not self._background and worker.niced is False):
+        """Workers run ``WORKER_NICE`` below the server, a shadow's ``BACKGROUND_NICE``."""
+        if worker.pid is None:
             return
-        base = os.getpriority(os.PRIO_PROCESS, 0)  # the server's own niceness
+        niceness = os.getpriority(os.PRIO_PROCESS, 0) + (
+            BACKGROUND_NICE if self._background else WORKER_NICE)  # over the server's own
+        if niceness == worker.niceness:
+            return
         try:
-            _renice(worker.pid, base + BACKGROUND_NICE if self._background else base)
-            worker.niced = self._background
+            _renice(worker.pid, niceness)
+            worker.niceness = niceness
         except ProcessLookupError:
             pass
         except PermissionError:  # raising a priority back needs CAP_SYS_NICE
