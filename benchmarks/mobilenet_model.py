@@ -5,12 +5,11 @@ weights — no weights are downloaded; the speed of a network depends on its arc
 what it learned — exported to ONNX once per machine and cached under ``$XDG_CACHE_HOME``. The
 folder's modelhost.toml names only what the model needs (224x224, ImageNet mean/std, Pillow's
 bilinear stretch) and no ``[workers]`` or ``[batching]``: a user's own model, served with the
-defaults. Usage: ``python benchmarks/mobilenet_model.py OUT_DIR``.
+defaults. Built by run.py and profile.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -64,12 +63,3 @@ def build(out_dir: Path) -> Path:
     (out_dir / "modelhost.toml").write_text(MODELHOST_TOML, encoding="utf-8")
     return out_dir
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", type=Path, help="folder to write the model into")
-    print(build(parser.parse_args().out_dir))
-
-
-if __name__ == "__main__":
-    main()

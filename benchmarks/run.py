@@ -11,9 +11,9 @@ start (``--layout pinned`` keeps the folders' own tables):
    threads and the best of batch 8 and 32. With ``--decode fast`` (or ``both``) the model's
    ``decode = "fast"`` is measured too, against a limit that takes the same ``Image.draft``
    DCT shortcut, so each mode has its own ratio;
-2. modelhost: ``modelhost serve FOLDER`` in a subprocess on 127.0.0.1, loaded by
-   :mod:`modelhost.loadgen` at concurrency 1, 16 and 64, with paced /healthz and /readyz
-   probes beside the c=64 load (probes under saturation);
+2. modelhost: ``modelhost serve FOLDER --ops-port PORT`` in a subprocess on 127.0.0.1, loaded
+   by :mod:`modelhost.loadgen` at concurrency 1, 16 and 64, with paced /healthz and /readyz
+   probes on the main port and on the ops port beside the c=64 load (probes under saturation);
 3. the tutorial Flask server (``flask_onnx.py``: threaded, one global ONNX Runtime session,
    the same preprocessing) at the same levels (``--no-flask`` skips it).
 
@@ -70,7 +70,7 @@ from modelhost import loadgen  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
 PLOT = ROOT / "docs" / "benchmarks.png"
 LEVELS = (1, 16, 64)
-PROBE_INTERVAL = 0.02  # /healthz every 20 ms: 50 req/s, too few to load the server
+PROBE_INTERVAL = 0.05  # each probe every 50 ms: 4 probes, 80 req/s, too few to load the server
 
 Prep = Callable[[bytes], np.ndarray]
 
@@ -341,15 +341,21 @@ def model_name(base: str) -> str:
 
 def serve_scenario(folder: Path, jpeg: bytes, opts: Options, log: Path) -> dict[str, Any]:
     """Load levels against a fresh server (with a fresh cache: a tuned layout is measured at
-    this first start); /healthz and /readyz probed beside the last (c=64) level."""
+    this first start); /healthz and /readyz probed beside the last (c=64) level, on the main
+    port and on the ops port (``--ops-port``: a thread of its own)."""
     env = {"MODELHOST_CACHE_DIR": str(log.parent / f"cache-{log.stem}")}
-    with running_server(folder, log, opts.ready_timeout, env=env) as server:
+    ops = free_port()
+    with running_server(folder, log, opts.ready_timeout, ["--ops-port", str(ops)],
+                        env=env) as server:
         name = model_name(server.base)
         layout = _layout(server.base, name)
         print(f"  layout: {layout}", flush=True)
         url = f"{server.base}/api/models/{name}/predict"
-        levels, probes = load_levels(loadgen.upload_target(url, "image", "a.jpg", jpeg),
-                                     server.base, opts)
+        ops_base = f"http://127.0.0.1:{ops}"
+        probes = {f"{port} {path}": base + path for port, base in
+                  (("main", server.base), ("ops", ops_base)) for path in ("/healthz", "/readyz")}
+        levels, probed = load_levels(loadgen.upload_target(url, "image", "a.jpg", jpeg),
+                                     opts, probes)
         wrk = wrk_run(loadgen.upload_target(url, "image", "a.jpg", jpeg), 16, opts.duration) \
             if opts.wrk else None
         _print_wrk(wrk)
@@ -359,33 +365,31 @@ def serve_scenario(folder: Path, jpeg: bytes, opts: Options, log: Path) -> dict[
         "url": url,
         "layout": layout,
         "levels": levels,
-        "healthz": probes.get("/healthz"),
-        "readyz": probes.get("/readyz"),
+        "probes": probed,
         "wrk": wrk,
         "shutdown": {"exit_code": server.exit_code, "seconds": server.stop_seconds},
     }
 
 
-def load_levels(target: loadgen.Target, base: str, opts: Options,
-                probe_paths: tuple[str, ...] = ("/healthz", "/readyz"),
+def load_levels(target: loadgen.Target, opts: Options, probes: dict[str, str] | None = None,
                 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Each level of LEVELS in turn; the probes paced beside the last one."""
+    """Each level of LEVELS in turn; the ``probes`` (label → URL) paced beside the last one."""
     levels: list[dict[str, Any]] = []
-    probes: dict[str, dict[str, Any]] = {}
+    probed: dict[str, dict[str, Any]] = {}
     for concurrency in LEVELS:
         specs = [loadgen.LoadSpec(target, concurrency, name=f"c{concurrency}")]
-        if concurrency == LEVELS[-1]:
-            specs += [loadgen.LoadSpec(loadgen.Target(base + path), 1, path,
-                                       interval=PROBE_INTERVAL) for path in probe_paths]
+        if concurrency == LEVELS[-1] and probes:
+            specs += [loadgen.LoadSpec(loadgen.Target(url), 1, label, interval=PROBE_INTERVAL)
+                      for label, url in probes.items()]
         results = loadgen.run_load_sync(specs, opts.duration, opts.warmup)
         _print_level(results[0])
         levels.append(results[0].to_dict())
-        for path, result in zip(probe_paths, results[1:], strict=False):
-            probes[path] = result.to_dict()
+        for label, result in zip(probes or {}, results[1:], strict=False):
+            probed[label] = result.to_dict()
             lat = result.latency_ms
             errors = f", errors {result.errors}" if result.errors else ""
-            print(f"  {path} beside it: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms{errors}")
-    return levels, probes
+            print(f"  {label} beside it: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms{errors}")
+    return levels, probed
 
 
 def _layout(base: str, name: str) -> dict[str, Any]:
@@ -409,7 +413,7 @@ def flask_scenario(name: str, folder: Path, jpeg: bytes, opts: Options, log: Pat
             _wait_port(port, timeout=60)
             target = loadgen.upload_target(f"http://127.0.0.1:{port}/predict", "image", "a.jpg",
                                            jpeg)
-            levels, _ = load_levels(target, "", opts, probe_paths=())
+            levels, _ = load_levels(target, opts)
         finally:
             process.terminate()
             process.wait()
@@ -612,7 +616,7 @@ def print_summary(report: dict[str, Any]) -> None:
         "c1 p50",
         "c1 p50 - b1",
         "c64 p99",
-        "healthz / readyz p99 @c64",
+        "healthz / readyz p99 @c64: main; ops",
         "best ratio",
         "Flask c1 / c16",
         "c16 / Flask",
@@ -632,8 +636,9 @@ def _summary_cells(result: dict[str, Any]) -> list[str]:
     limit, server, ratio = result["limit"], result["server"], result["ratios"]
     levels = {lv["concurrency"]: lv for lv in server["levels"]}
     best_level = max(server["levels"], key=lambda lv: lv["rps"])
-    probes = [server[p]["latency_ms"]["p99"] if server.get(p) else float("nan")
-              for p in ("healthz", "readyz")]
+    probes = [server["probes"][p]["latency_ms"]["p99"] if p in server.get("probes", {})
+              else float("nan") for p in ("main /healthz", "main /readyz", "ops /healthz",
+                                          "ops /readyz")]
     flask = {lv["concurrency"]: lv["rps"] for lv in result.get("flask", {}).get("levels", [])}
     return [
         f"{limit['batch1']['rps']:,.0f}",
@@ -642,7 +647,7 @@ def _summary_cells(result: dict[str, Any]) -> list[str]:
         f"{levels[1]['latency_ms']['p50']:.2f}",
         f"{ratio['c1_p50_minus_limit_ms']:+.2f}",
         f"{levels[64]['latency_ms']['p99']:.1f}",
-        f"{probes[0]:.1f} / {probes[1]:.1f}",
+        f"{probes[0]:.0f} / {probes[1]:.0f}; {probes[2]:.1f} / {probes[3]:.1f}",
         f"{best_level['rps'] / limit['best']['rps']:.2f}",
         f"{flask.get(1, float('nan')):,.0f} / {flask.get(16, float('nan')):,.0f}",
         f"{levels[16]['rps'] / flask[16]:.2f}" if 16 in flask else "",

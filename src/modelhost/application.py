@@ -1,9 +1,10 @@
 """The running server: one object whose start and stop run in one written order.
 
     start: prediction log → models (supplied and loaded in the background, so the port
-           opens at once) → watcher → HTTP → gRPC
+           opens at once) → watcher → HTTP → ops port → gRPC
     stop:  stop accepting and drain in-flight predictions (the grace period) → gRPC → HTTP
-           → watcher → models → prediction log (last, so every answered record is stored)
+           → ops port → watcher → models → prediction log (last, so every answered record
+           is stored)
 
 ``assembly.build`` makes it; ``modelhost serve`` runs it in the main thread (SIGTERM/SIGINT
 start the stop, a second signal hurries it), tests run it in a thread and call
@@ -30,6 +31,7 @@ from .registry import Registry
 
 if TYPE_CHECKING:
     from .grpc_server import GrpcServer
+    from .http.ops_port import OpsPort
     from .supply.watch import RepositoryWatcher
 
 log = logging.getLogger("modelhost.server")
@@ -48,12 +50,14 @@ class Application:
     """Everything ``modelhost serve`` runs, started and stopped in one order."""
 
     def __init__(self, core: Core, http: Server, *, grpc: GrpcServer | None,
-                 watcher: RepositoryWatcher | None, grace: float) -> None:
+                 watcher: RepositoryWatcher | None, grace: float,
+                 ops: OpsPort | None = None) -> None:
         self.core = core
         self.registry = core.registry
         self.predictor = core.predictor
         self.http = http
         self._grpc = grpc
+        self.ops = ops
         self._watcher = watcher
         self._grace = grace
         self._log: PredictionLog | None = core.predictor.prediction_log
@@ -93,8 +97,9 @@ class Application:
     # -- the order -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Prediction log, models, watcher, HTTP, gRPC. A StartupError (a prediction log that
-        cannot start) stops the start with one line; models fail later, on their own."""
+        """Prediction log, models, watcher, HTTP, ops port, gRPC. A StartupError (a prediction
+        log that cannot start, an ops port in use) stops the start with one line; models fail
+        later, on their own."""
         if self._log is not None:
             await self._log.start()
             self._started.append("log")
@@ -103,15 +108,18 @@ class Application:
             self._spawn("watcher", self._watcher.run())
         await self.http.open()
         self._started.append("http")
+        if self.ops is not None:  # probes answered by a thread of their own (--ops-port)
+            self.ops.start()
+            self._started.append("ops")
         grpc_port = await self._grpc.start() if self._grpc is not None else None
         if self._grpc is not None:
             self._started.append("grpc")
         self._spawn("announce", self._announce(grpc_port))
 
     async def stop(self) -> None:
-        """Drain, then gRPC, HTTP, watcher, models and, last, the prediction log. After a
-        failed start (a model that did not load or could not be supplied) nothing was served:
-        no drain, and no lines beside the one that says what failed."""
+        """Drain, then gRPC, HTTP, the ops port, watcher, models and, last, the prediction
+        log. After a failed start (a model that did not load or could not be supplied) nothing
+        was served: no drain, and no lines beside the one that says what failed."""
         failed = self.registry.lifecycle.fatal is not None
         if "http" in self._started and not failed:
             await self._drain()
@@ -120,6 +128,8 @@ class Application:
             await self._grpc.stop(self._grace)
         if "http" in self._started:
             await self.http.close(quiet=failed)
+        if "ops" in self._started and self.ops is not None:
+            await asyncio.to_thread(self.ops.stop)
         await self._cancel("watcher")
         await self._cancel("models")
         await self.registry.stop()
@@ -148,6 +158,8 @@ class Application:
             return
         if grpc_port is not None:  # before the URL line, which tests wait for
             logs.announce(f"modelhost serving gRPC on port {grpc_port}")
+        if self.ops is not None:
+            logs.announce(f"modelhost serving /healthz, /readyz and /metrics on {self.ops.url}")
         logs.announce(f"modelhost serving on {self.url}")
 
     def _spawn(self, name: str, work: Coroutine[Any, Any, None]) -> None:

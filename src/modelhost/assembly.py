@@ -24,6 +24,9 @@ from .feedback.journal import Journal, claim
 from .feedback.recorder import PredictionLog
 from .feedback.store import Store
 from .http.app import create_app
+from .http.auth import KeyPolicy
+from .http.hosts import HostPolicy
+from .http.ops_port import OpsPort
 from .http.protocol import http_protocol
 from .http.server import Server
 from .inputs.sources import SourceReader
@@ -194,6 +197,16 @@ def _grpc(core: Core, settings: Settings, door: _Door) -> GrpcServer | None:
                       guard=Guard(door.keys, door.limiter, settings.protect_ops))
 
 
+def _ops(core: Core, settings: Settings, door: _Door) -> OpsPort | None:
+    """The ops port when one is set (``--ops-port``)."""
+    if settings.ops_port is None:
+        return None
+    return OpsPort(settings.host, settings.ops_port, registry=core.registry,
+                   metrics=core.metrics, prediction_log=core.predictor.prediction_log,
+                   hosts=HostPolicy(settings.host, settings.allowed_hosts),
+                   keys=KeyPolicy(door.keys, settings.protect_ops))
+
+
 def _http(core: Core, settings: Settings, app: FastAPI, loop: str) -> Server:
     protocol = http_protocol(settings)
     config = uvicorn.Config(
@@ -215,6 +228,7 @@ def build(settings: Settings, loop: str = "uvloop") -> Application:
     reloader = _reloader(settings, core.registry)
     app = _app(core, settings, door, _control(settings, core.registry, reloader))
     return Application(core, _http(core, settings, app, loop), grpc=_grpc(core, settings, door),
+                       ops=_ops(core, settings, door),
                        watcher=_watcher(settings, core.registry, reloader),
                        grace=settings.drain_grace)
 

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         None, ge=0, le=65535,
         description="Also serve KServe V2 over gRPC on this port (0 picks one); off if None.",
     )
+    ops_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Also answer /healthz, /readyz and /metrics on this port, from a thread of "
+                    "their own: probes stay fast while predictions saturate the main port "
+                    "(0 picks one); off if None.",
+    )
     keep_going: bool = Field(
         False, description="Serve the models that loaded when others fail, instead of exiting."
     )

@@ -81,6 +81,10 @@ def test_probes_drain_and_security(base):
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["ops"] == int(env["MODELHOST_OPS_PORT"]) != ports["http"]  # the probes' port
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] == "ops"
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod["terminationGracePeriodSeconds"] > pre_stop + float(env["MODELHOST_DRAIN_GRACE"])
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

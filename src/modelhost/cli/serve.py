@@ -39,6 +39,9 @@ def serve(
     port: Annotated[int | None, Opt(help="Port [default: 8000; 0 picks a free one].")] = None,
     grpc_port: Annotated[int | None, Opt(
         help="Also serve KServe V2 over gRPC on this port (needs modelhost[grpc]).")] = None,
+    ops_port: Annotated[int | None, Opt(
+        help="Also answer /healthz, /readyz and /metrics on this port, from a thread of their "
+             "own: probes stay fast while predictions saturate the main port.")] = None,
     keep_going: Annotated[bool, Opt("--keep-going",
         help="Serve the models that load; report the others on /readyz.")] = False,
     allow_path_root: Annotated[Path | None, Opt(

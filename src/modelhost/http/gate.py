@@ -26,7 +26,7 @@ from .errors import render
 from .hosts import HostPolicy
 from .ratelimit import RatePolicy
 
-_SECURITY_HEADERS = [
+SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
@@ -56,6 +56,16 @@ class Head:
                 headers.setdefault(name.decode(), value.decode("latin-1"))
         return cls(scope["method"], scope["path"], scope.get("scheme", "http"),
                    (scope.get("client") or ("unknown", 0))[0], headers)
+
+    @classmethod
+    def of_pairs(cls, method: str, path: str, client: str,
+                 pairs: list[tuple[str, str]]) -> Head:
+        """The same, from decoded header pairs (the ops port's standard-library server)."""
+        headers: dict[str, str] = {}
+        for name, value in pairs:
+            if name.lower().encode() in _READ:
+                headers.setdefault(name.lower(), value)
+        return cls(method, path, "http", client, headers)
 
     def request_id(self) -> str:
         """The client's ``X-Request-ID`` when it is sane, else a fresh one."""
@@ -117,7 +127,7 @@ class Gate:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         send = _with_headers(send, [(b"x-request-id", request_id.encode()),
-                                    *_SECURITY_HEADERS])
+                                    *SECURITY_HEADERS])
         try:
             self._hosts.check(head)
             self._crosssite.check(head, request_id)

@@ -24,11 +24,8 @@ def router(registry: RegistryView, metrics: Metrics,
     @api.get("/readyz", summary="Readiness: every model loaded and warm, not draining",
              **documented(Readiness, 503))
     async def readyz() -> JSON:
-        ready, details = registry.readiness()
-        if prediction_log is not None:  # reported, but predictions never wait for it
-            details["prediction_log"] = prediction_log.state()
-        headers = {} if ready else {"Retry-After": "1"}
-        return JSON(details, status_code=200 if ready else 503, headers=headers)
+        status, details, headers = readiness(registry, prediction_log)
+        return JSON(details, status_code=status, headers=headers)
 
     @api.get("/metrics", summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
@@ -36,3 +33,12 @@ def router(registry: RegistryView, metrics: Metrics,
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return api
+
+
+def readiness(registry: RegistryView, prediction_log: PredictionLog | None
+              ) -> tuple[int, dict, dict[str, str]]:
+    """/readyz's status, body and headers (also the ops port's, http/ops_port.py)."""
+    ready, details = registry.readiness()
+    if prediction_log is not None:  # reported, but predictions never wait for it
+        details["prediction_log"] = prediction_log.state()
+    return (200, details, {}) if ready else (503, details, {"Retry-After": "1"})
