@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     jpeg = run.photo_jpeg()
     report: dict[str, Any] = {"machine": run.machine(), "models": {}}
     with tempfile.TemporaryDirectory(prefix="modelhost-memory-") as tmp:
-        folders = run.prepare_models(names, Path(tmp))
+        folders = run.prepare_models(names, Path(tmp), "pinned")
         for name in names:
             result = measure(name, folders[name], jpeg, args.seconds, Path(tmp))
             report["models"][name] = result

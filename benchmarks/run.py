@@ -12,8 +12,9 @@ start (``--layout pinned`` keeps the folders' own tables):
    ``decode = "fast"`` is measured too, against a limit that takes the same ``Image.draft``
    DCT shortcut, so each mode has its own ratio;
 2. modelhost: ``modelhost serve FOLDER --ops-port PORT`` in a subprocess on 127.0.0.1, loaded
-   by :mod:`modelhost.loadgen` at concurrency 1, 16 and 64, with paced /healthz and /readyz
-   probes on the main port and on the ops port beside the c=64 load (probes under saturation);
+   by :mod:`modelhost.loadgen` at concurrency 1, 16 and 64, with /healthz and /readyz probed
+   on the main port and on the ops port beside the c=64 load by a prober process of its own
+   (probe.py: a new connection per probe, as a kubelet sends them);
 3. the tutorial Flask server (``flask_onnx.py``: threaded, one global ONNX Runtime session,
    the same preprocessing) at the same levels (``--no-flask`` skips it).
 
@@ -373,23 +374,33 @@ def serve_scenario(folder: Path, jpeg: bytes, opts: Options, log: Path) -> dict[
 
 def load_levels(target: loadgen.Target, opts: Options, probes: dict[str, str] | None = None,
                 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Each level of LEVELS in turn; the ``probes`` (label → URL) paced beside the last one."""
+    """Each level of LEVELS in turn; beside the last one the ``probes`` (label → URL), sent
+    by a prober process of its own (probe.py) as a kubelet would send them."""
     levels: list[dict[str, Any]] = []
     probed: dict[str, dict[str, Any]] = {}
     for concurrency in LEVELS:
-        specs = [loadgen.LoadSpec(target, concurrency, name=f"c{concurrency}")]
-        if concurrency == LEVELS[-1] and probes:
-            specs += [loadgen.LoadSpec(loadgen.Target(url), 1, label, interval=PROBE_INTERVAL)
-                      for label, url in probes.items()]
-        results = loadgen.run_load_sync(specs, opts.duration, opts.warmup)
-        _print_level(results[0])
-        levels.append(results[0].to_dict())
-        for label, result in zip(probes or {}, results[1:], strict=False):
-            probed[label] = result.to_dict()
-            lat = result.latency_ms
-            errors = f", errors {result.errors}" if result.errors else ""
-            print(f"  {label} beside it: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms{errors}")
+        prober = _prober(list(probes.values()), opts) if probes and \
+            concurrency == LEVELS[-1] else None
+        spec = loadgen.LoadSpec(target, concurrency, name=f"c{concurrency}")
+        result = loadgen.run_load_sync([spec], opts.duration, opts.warmup)[0]
+        _print_level(result)
+        levels.append(result.to_dict())
+        if prober is not None and probes:
+            answers = json.loads(prober.communicate(timeout=60)[0])
+            for label, url in probes.items():
+                probed[label] = answers[url]
+                row = answers[url]
+                print(f"  {label} beside it: p50 {row['p50']:.2f} ms, p99 {row['p99']:.2f} ms"
+                      f" ({row['probes']} probes, {row['failures']} failed)")
     return levels, probed
+
+
+def _prober(urls: list[str], opts: Options) -> subprocess.Popen[str]:
+    """probe.py over the level's whole run (warm-up and measured seconds)."""
+    script = Path(__file__).resolve().parent / "probe.py"
+    command = [sys.executable, str(script), "--seconds", str(opts.warmup + opts.duration),
+               "--interval", str(PROBE_INTERVAL), *urls]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=_child_env())
 
 
 def _layout(base: str, name: str) -> dict[str, Any]:
@@ -636,7 +647,7 @@ def _summary_cells(result: dict[str, Any]) -> list[str]:
     limit, server, ratio = result["limit"], result["server"], result["ratios"]
     levels = {lv["concurrency"]: lv for lv in server["levels"]}
     best_level = max(server["levels"], key=lambda lv: lv["rps"])
-    probes = [server["probes"][p]["latency_ms"]["p99"] if p in server.get("probes", {})
+    probes = [server["probes"][p]["p99"] if p in server.get("probes", {})
               else float("nan") for p in ("main /healthz", "main /readyz", "ops /healthz",
                                           "ops /readyz")]
     flask = {lv["concurrency"]: lv["rps"] for lv in result.get("flask", {}).get("levels", [])}
