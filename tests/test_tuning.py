@@ -69,11 +69,17 @@ def test_command_line_wins_over_modelhost_toml():
 
 def test_winner_is_the_best_throughput_within_the_latency_bound():
     fast = Measurement(Layout(1, 2, 1), p50_ms=10.0, per_second=100.0)
-    near = Measurement(Layout(2, 1, 8), p50_ms=12.4, per_second=150.0)  # within 25 %
-    slow = Measurement(Layout(2, 1, 1), p50_ms=12.6, per_second=300.0)  # beyond it
-    assert latency_bound([fast, near, slow]) == pytest.approx(12.5)
+    near = Measurement(Layout(2, 1, 8), p50_ms=10.9, per_second=150.0)  # within 1 ms
+    slow = Measurement(Layout(2, 1, 1), p50_ms=11.1, per_second=300.0)  # beyond it
+    assert latency_bound([fast, near, slow]) == pytest.approx(11.0)
     assert winner([fast, near, slow]) == near
-    # on a fast model the bound is 1 ms, not 25 %
+    # on a slow model the bound is 5 %, not 1 ms
+    slow_model = [Measurement(Layout(1, 2, 1), 100.0, 10.0),
+                  Measurement(Layout(2, 1, 8), 104.9, 13.0),
+                  Measurement(Layout(2, 1, 1), 105.1, 20.0)]
+    assert latency_bound(slow_model) == pytest.approx(105.0)
+    assert winner(slow_model) == slow_model[1]
+    # on a fast model the bound is 1 ms, not 5 %
     tiny = [Measurement(Layout(1, 2, 1), 2.0, 500.0), Measurement(Layout(2, 1, 8), 2.9, 900.0)]
     assert winner(tiny) == tiny[1]
     assert winner([Measurement(Layout(1, 2, 1), skipped="out of budget")]) is None

@@ -15,8 +15,8 @@ that ``modelhost.toml`` and the command line leave open are measured, never gues
   requests at once for each batch size's throughput, in two interleaved rounds so that a
   change in a shared machine's load falls on both batch sizes alike;
 - the winner has the best throughput among the layouts whose p50 is within ``LATENCY_SLACK``
-  (25 %) or ``LATENCY_SLACK_MS`` (1 ms, the issue's own latency allowance) of the best p50, so
-  throughput is never bought with a much slower answer for one user at a time;
+  (5 %) or ``LATENCY_SLACK_MS`` (1 ms, the issue's own latency allowance) of the best p50, so
+  throughput is never bought with a slower answer for one user at a time;
 - everything, the pools' start-up included, fits in the budget (20 s by default); a layout that
   fails to start, or that the budget cannot reach, is skipped with its reason.
 
@@ -53,7 +53,11 @@ FIELDS = ("replicas", "threads", "max_batch_size")
 BATCH_SIZES = (1, 8)  # one image per trip, or the batch that paid for the tiny model
 MAX_REPLICAS = 8  # each worker holds its own copy of the model
 SATURATION = 16  # concurrent requests for throughput: the issue's target level
-LATENCY_SLACK = 1.25
+# 5 %, not the first version's 25 %: measured here, in this process (no HTTP process sharing the
+# cores) two single-threaded MobileNetV2 workers did 12-17 % more at c=16 than one with two
+# threads and were within 25 % at c=1, so they were chosen; served over HTTP both did the same
+# at c=16 (158 vs 151 req/s) while c=1 p50 was 13.2 ms against 10.2 (docs/benchmarks.md).
+LATENCY_SLACK = 1.05
 LATENCY_SLACK_MS = 1.0
 ROUNDS = 2  # each phase is run twice, interleaved, against drifts in the machine's load
 WARMUP_SHARE = 0.2  # of each phase, run but not counted (arenas, caches)
@@ -167,7 +171,7 @@ def candidates(cores: int, pins: Pins) -> list[Layout]:
 
 
 def latency_bound(measurements: Sequence[Measurement]) -> float | None:
-    """The largest p50 (ms) a winner may have: the best p50 plus 25 % or 1 ms."""
+    """The largest p50 (ms) a winner may have: the best p50 plus 5 % or 1 ms."""
     p50s = [m.p50_ms for m in measurements if m.p50_ms is not None]
     if not p50s:
         return None
