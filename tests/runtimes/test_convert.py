@@ -4,6 +4,7 @@ conversion and /readyz shows it."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from modelhost import __version__
 from modelhost.repository import load_repository
-from modelhost.supply.convert import cache_key
+from modelhost.supply.convert import _install, cache_key
 from modelhost.types import RuntimeOptions
 
 from ..support import free_port, serve_in_process
@@ -195,3 +196,26 @@ def test_a_dynamic_batch_export_converts_with_the_batch_kept_dynamic(built, tmp_
         assert_matches_framework(server, built, "view_export")
     finally:
         assert server.stop() == 0
+
+
+def _conversion(folder, marker: str):
+    """A verified conversion as the converter leaves it: the model and an ok report."""
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_text(marker)
+    (folder / "report.json").write_text(json.dumps({"ok": True}))
+    return folder
+
+
+def test_a_second_conversion_never_replaces_an_installed_one(tmp_path):
+    """Two processes sharing one cache converted the same model: the second to finish keeps
+    the first's verified result (that process may be loading it) instead of deleting it."""
+    target = _conversion(tmp_path / "cache" / "m", "first")
+    _install(_conversion(tmp_path / "work-2", "second"), target)
+    assert (target / "model.onnx").read_text() == "first"
+    # a recorded failure is replaced by a verified conversion
+    failed = tmp_path / "cache" / "f"
+    failed.mkdir()
+    (failed / f"failed-{__version__}.json").write_text(json.dumps({"ok": False}))
+    _install(_conversion(tmp_path / "work-3", "verified"), failed)
+    assert (failed / "model.onnx").read_text() == "verified"
+    assert json.loads((failed / "report.json").read_text())["ok"] is True

@@ -176,7 +176,12 @@ def _convert_in_subprocess(spec: ModelSpec, target: Path, timeout: float,
 
 def _install(work: Path, target: Path) -> None:
     """Move a verified conversion into place. Pods sharing the cache (one volume) may convert
-    the same model at once: the first to arrive wins, the others keep its result."""
+    the same model at once: the first to arrive wins, the others keep its result — never
+    delete it, since its process may be loading it that moment. Only a failure record (or
+    nothing) is replaced."""
+    installed = _report_file(target)
+    if installed is not None and installed.get("ok") and (target / "model.onnx").is_file():
+        return
     shutil.rmtree(target, ignore_errors=True)
     try:
         work.rename(target)
