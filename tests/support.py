@@ -204,6 +204,15 @@ def rgb_model(folder: Path, size: int = 9, layout: str = "NCHW", toml: str = "",
     return folder / "model.onnx"
 
 
+def two_versions(model: Path, toml: str) -> Path:
+    """A model folder with versions 1 and 2 of ``rgb_model`` that answer differently (version
+    2's weights are permuted: red → "green") and the ``modelhost.toml`` given."""
+    rgb_model(model / "1")
+    rgb_model(model / "2", order=(2, 0, 1))
+    (model / "modelhost.toml").write_text(toml)
+    return model
+
+
 # -- built once per machine -------------------------------------------------------------------
 
 FRAMEWORKS = ("tensorflow-cpu", "tensorflow", "keras", "torch", "numpy", "scikit-learn", "pillow",

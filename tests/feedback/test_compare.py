@@ -18,7 +18,7 @@ from modelhost.cli import app
 from modelhost.feedback.compare import more_needed, two_proportions
 
 from ..e2e.test_page import browser, open_page  # noqa: F401 (fixture)
-from ..support import rgb_model, serve_in_process, solid
+from ..support import serve_in_process, solid, two_versions
 
 
 @pytest.mark.parametrize(("hits_a", "n_a", "hits_b", "n_b"),
@@ -44,10 +44,7 @@ def test_feedback_needed_matches_the_textbook():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
-    rgb_model(tmp / "repo" / "m" / "1")
-    rgb_model(tmp / "repo" / "m" / "2", order=(2, 0, 1))  # red → "green"
-    (tmp / "repo" / "m" / "modelhost.toml").write_text(
-        '[versions]\nserve = "all"\ndefault = "1"\nshadow = "2"\n')
+    two_versions(tmp / "repo" / "m", '[versions]\nserve = "all"\ndefault = "1"\nshadow = "2"\n')
     live = serve_in_process([str(tmp / "repo")], tmp)
     yield live
     assert live.stop() == 0

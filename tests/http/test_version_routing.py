@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from modelhost.access.keys import add_key
 from modelhost.cli import app
 
-from ..support import rgb_model, serve_in_process, solid
+from ..support import serve_in_process, solid, two_versions
 
 POLICY = '[versions]\nserve = "all"\nstable = "1"\n'
 RED = solid((255, 0, 0))
@@ -25,9 +25,7 @@ ANSWER = {"1": "red", "2": "green"}  # version 2's weights are permuted
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("routing")
-    rgb_model(tmp / "repo" / "m" / "1")
-    rgb_model(tmp / "repo" / "m" / "2", order=(2, 0, 1))
-    (tmp / "repo" / "m" / "modelhost.toml").write_text(POLICY)
+    two_versions(tmp / "repo" / "m", POLICY)
     keys = tmp / "keys.txt"
     secret = add_key(keys, "ops")
     db = tmp / "predictions.db"

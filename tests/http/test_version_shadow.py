@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from ..support import rgb_model, serve_in_process, solid
+from ..support import serve_in_process, solid, two_versions
 
 SHADOW = '[versions]\nserve = "all"\ndefault = "1"\nshadow = "2"\n'
 
@@ -22,9 +22,7 @@ SHADOW = '[versions]\nserve = "all"\ndefault = "1"\nshadow = "2"\n'
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shadow")
-    rgb_model(tmp / "repo" / "m" / "1")
-    rgb_model(tmp / "repo" / "m" / "2", order=(2, 0, 1))  # red → "green"
-    (tmp / "repo" / "m" / "modelhost.toml").write_text(SHADOW)
+    two_versions(tmp / "repo" / "m", SHADOW)  # version 2: red → "green"
     db = tmp / "predictions.db"
     live = serve_in_process([str(tmp / "repo"), "--db", f"sqlite:///{db}"], tmp)
     live.db = sa.create_engine(f"sqlite:///{db}")  # type: ignore[attr-defined]
@@ -117,9 +115,7 @@ def test_the_shadow_versions_workers_yield_the_cpu(server):
 def small_queue(tmp_path_factory):
     """The same model behind queues of 4 places: shadow runs stop at 2 queued."""
     tmp = tmp_path_factory.mktemp("shadow_queue")
-    rgb_model(tmp / "repo" / "m" / "1")
-    rgb_model(tmp / "repo" / "m" / "2", order=(2, 0, 1))
-    (tmp / "repo" / "m" / "modelhost.toml").write_text(SHADOW)
+    two_versions(tmp / "repo" / "m", SHADOW)
     db = tmp / "predictions.db"
     live = serve_in_process([str(tmp / "repo"), "--db", f"sqlite:///{db}", "--max-queue", "4"],
                             tmp)

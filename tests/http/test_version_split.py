@@ -13,23 +13,17 @@ from modelhost.predictor import Call
 from modelhost.routing import choose
 from modelhost.types import VersionPolicy
 
-from ..support import rgb_model, serve_in_process
+from ..support import serve_in_process, two_versions
 
 SPLIT = '[versions]\nserve = "all"\nsplit = {"1" = 70, "2" = 30}\n'
 STICKY = '[versions]\nserve = "all"\nsplit = {"1" = 50, "2" = 50}\nsticky = true\n'
 
 
-def folder(path, toml: str):
-    rgb_model(path / "1")
-    rgb_model(path / "2", order=(2, 0, 1))  # answers differently: red → index 1
-    (path / "modelhost.toml").write_text(toml)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("split")
-    folder(tmp / "repo" / "split", SPLIT)
-    folder(tmp / "repo" / "sticky", STICKY)
+    two_versions(tmp / "repo" / "split", SPLIT)  # version 2 answers red with index 1
+    two_versions(tmp / "repo" / "sticky", STICKY)
     live = serve_in_process([str(tmp / "repo")], tmp)
     yield live
     assert live.stop() == 0
