@@ -355,10 +355,9 @@ def serve_scenario(folder: Path, jpeg: bytes, opts: Options, log: Path) -> dict[
         ops_base = f"http://127.0.0.1:{ops}"
         probes = {f"{port} {path}": base + path for port, base in
                   (("main", server.base), ("ops", ops_base)) for path in ("/healthz", "/readyz")}
-        levels, probed = load_levels(loadgen.upload_target(url, "image", "a.jpg", jpeg),
-                                     opts, probes)
-        wrk = wrk_run(loadgen.upload_target(url, "image", "a.jpg", jpeg), 16, opts.duration) \
-            if opts.wrk else None
+        target = loadgen.upload_target(url, "image", "a.jpg", jpeg)
+        levels, probed = load_levels(target, opts, probes)
+        wrk = wrk_run(target, 16, opts.duration) if opts.wrk else None
         _print_wrk(wrk)
     print(f"  stopped with SIGTERM: exit {server.exit_code} in {server.stop_seconds:.1f} s")
     return {

@@ -69,29 +69,31 @@ def router(registry: RegistryView, predictor: Predictor, metrics: Metrics,
         return JSON(prediction.as_dict(), headers={"X-Prediction-Id": prediction.id,
                                                    "X-Model-Version": prediction.version})
 
+    async def uploaded(request: Request, model: str, version: str | None = None,
+                       label: str | None = None) -> JSON:
+        """The image in the POST body (multipart or raw) through :func:`run_one`."""
+        return await run_one(request, model, "predict",
+                             lambda deadline: read_predict_request(request, deadline),
+                             version=version, label=label)
+
     @api.post("/models/{model}/predict", openapi_extra={**_BODY_DOC, "parameters": _OPTIONS_DOC},
               summary="Classify one image with one model", **documented(PredictionBody))
     async def predict(model: str, request: Request) -> JSON:
-        return await run_one(request, model, "predict",
-                             lambda deadline: read_predict_request(request, deadline))
+        return await uploaded(request, model)
 
     @api.post("/models/{model}/versions/{version}/predict",
               openapi_extra={**_BODY_DOC, "parameters": _OPTIONS_DOC},
               summary="Classify one image with one served version of a model",
               **documented(PredictionBody))
     async def predict_version(model: str, version: str, request: Request) -> JSON:
-        return await run_one(request, model, "predict",
-                             lambda deadline: read_predict_request(request, deadline),
-                             version=version)
+        return await uploaded(request, model, version=version)
 
     @api.post("/models/{model}/labels/{label}/predict",
               openapi_extra={**_BODY_DOC, "parameters": _OPTIONS_DOC},
               summary="Classify one image with the version a label names (e.g. canary)",
               **documented(PredictionBody))
     async def predict_label(model: str, label: str, request: Request) -> JSON:
-        return await run_one(request, model, "predict",
-                             lambda deadline: read_predict_request(request, deadline),
-                             label=label)
+        return await uploaded(request, model, label=label)
 
     @api.get("/models/{model}/predict", summary="Classify an image named by ?url= or ?path=",
              **documented(PredictionBody),
