@@ -324,12 +324,14 @@ class Registry:
         return new
 
     def _put(self, old: ServedModel, new: ServedModel) -> None:
-        """``new`` in the place of ``old`` (the highest version, or one of the others)."""
+        """``new`` in the place of ``old`` (the highest version, or one of the others), with
+        the priority of its role (a shadow's workers in the background)."""
         name = old.spec.name
         if self._models.get(name) is old:
             self._models[name] = new
         else:
             self._others[name][old.spec.version] = new
+        self._prioritise(name)
 
     @staticmethod
     def _converting(model: ServedModel, step: Progress) -> None:

@@ -236,7 +236,7 @@ class Tuner:
         if self.pins.complete:
             return untuned(self.default, self.pins)
         if self.spec.problem:
-            return untuned(self.default, self.pins, "the model cannot load")
+            return untuned(self.default, self.pins, f"the model cannot load: {self.spec.problem}")
         if not fresh and (cached := self.cached()) is not None:
             return cached
         choice = await self.measure()

@@ -172,6 +172,19 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
+class CheckedFile:
+    """An ONNX file as the server found it when it checked it (supply/specs.py), so that each
+    worker can skip parsing it again: importing the ``onnx`` package and parsing the graph cost
+    every worker 8–10 MB (benchmarks/memory.py). A worker re-checks a file whose size or
+    modification time changed since."""
+
+    size: int
+    mtime_ns: int
+    ops: tuple[str, ...]  # op types with counts, for ``inspect`` and /api/models/{model}
+    parameters: int
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One servable model: where its file is, its labels and its configuration.
 
@@ -195,6 +208,7 @@ class ModelSpec:
     problem: str = ""  # found while reading the folder (bad labels.txt): loading fails with it
     policy: VersionPolicy | None = None  # [versions] of modelhost.toml; None: the highest serves
     others: tuple[ModelSpec, ...] = ()  # the other served versions (policy), each its own spec
+    checked: CheckedFile | None = None  # an ONNX file's check, done once by the server
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,19 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from modelhost.repository import load_repository
+from modelhost.runtimes.base import ModelFileError
+from modelhost.runtimes.onnx import OnnxRuntime
+from modelhost.supply.specs import checked
+
 from ..runtimes.test_watch import Load
-from ..support import rgb_model, serve_in_process, serve_in_process_until_exit, solid
+from ..support import (
+    children_of,
+    rgb_model,
+    serve_in_process,
+    serve_in_process_until_exit,
+    solid,
+)
 
 RED = solid((250, 10, 10))
 CLI = [sys.executable, "-m", "modelhost.cli", "serve"]
@@ -306,6 +317,32 @@ def test_onnx_external_data_inside_the_folder_serves(tmp_path):
         assert server.client.get("/api/models/inside").json()["parameters"] == 9
     finally:
         assert server.stop() == 0
+
+
+def test_the_server_checks_an_onnx_file_once_for_all_its_workers(tmp_path):
+    """The workers take the server's check (the parameters on the model's page) and never
+    load the ``onnx`` package: it cost each worker 8 MB (benchmarks/memory.py)."""
+    rgb_model(tmp_path / "rgb")
+    server = serve_in_process([str(tmp_path / "rgb"), "--replicas", "2"], tmp_path)
+    try:
+        model = server.client.get("/api/models/rgb").json()
+        assert (model["parameters"], model["workers_ready"]) == (9, 2)
+        workers = children_of(os.getpid())
+        assert len(workers) >= 2
+        for pid in workers:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "onnxruntime_pybind11_state" in maps and "onnx_cpp2py_export" not in maps
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_file_changed_after_the_servers_check_is_checked_again(tmp_path):
+    spec = checked(load_repository(rgb_model(tmp_path / "rgb").parent)[0])
+    assert spec.checked is not None and not spec.problem
+    data = spec.path.read_bytes()
+    spec.path.write_bytes(data[: len(data) // 2])  # swapped after the check, before a load
+    with pytest.raises(ModelFileError, match=r"model\.onnx: not an ONNX model"):
+        OnnxRuntime(spec)
 
 
 @pytest.mark.slow

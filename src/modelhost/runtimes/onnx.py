@@ -3,7 +3,9 @@
 A model file is parsed (without its external data) before ONNX Runtime sees it: a file that is not
 ONNX fails with one clear line, and a tensor whose external data lies outside the model's folder
 (``../x``, an absolute path, a symlink out) is refused before anything reads it. ONNX Runtime
-1.24+ refuses those too; this check does not depend on its version and says why.
+1.24+ refuses those too; this check does not depend on its version and says why. The server
+checks each file once (:func:`check_file`, in supply/specs.py) and its workers reuse the result,
+so a worker never imports the ``onnx`` package.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..types import ModelInfo, ModelSpec, ProviderSpec, TensorSpec
+from ..types import CheckedFile, ModelInfo, ModelSpec, ProviderSpec, TensorSpec
 from .base import ArrayRuntime, ModelFileError, first_line
 from .providers import (
     ProviderError,
@@ -44,7 +46,9 @@ class OnnxRuntime(ArrayRuntime):
 
     def __init__(self, spec: ModelSpec | Path, threads: int = 0) -> None:
         path = spec.path if isinstance(spec, ModelSpec) else spec
-        graph = _checked_graph(path)
+        checked = spec.checked if isinstance(spec, ModelSpec) else None
+        if checked is None or not _unchanged(path, checked):
+            checked = check_file(path)
         try:
             self._session = open_session(path, _options(threads), ProviderSpec("cpu"))
         except Exception as exc:  # ONNX Runtime raises its own, untyped, errors
@@ -52,13 +56,12 @@ class OnnxRuntime(ArrayRuntime):
             raise ModelFileError(f"{path.name}: ONNX Runtime cannot load it: {reason}") from None
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
-        ops, parameters = _graph_summary(graph)
         metadata = self._session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo(
             inputs=tuple(_spec(t) for t in self._session.get_inputs()),
             outputs=tuple(_spec(t) for t in self._session.get_outputs()),
-            ops=ops,
-            parameters=_source_parameters(metadata) or parameters,
+            ops=checked.ops,
+            parameters=_source_parameters(metadata) or checked.parameters,
             producer=self._session.get_modelmeta().producer_name,
             scaling=_own_scaling(metadata),
             provider="cpu",
@@ -146,6 +149,24 @@ def _own_scaling(metadata: dict[str, str]):
 def _spec(node) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else -1 for d in node.shape)
     return TensorSpec(node.name, _DTYPES.get(node.type, node.type), shape)
+
+
+def check_file(path: Path) -> CheckedFile:
+    """Refuse a file that is not ONNX or keeps external data outside its folder (ModelFileError);
+    else what a worker needs from the parse. Without the ``onnx`` package nothing is checked
+    here (ONNX Runtime still refuses such files) and ops and parameters are unknown."""
+    stat = path.stat()
+    ops, parameters = _graph_summary(_checked_graph(path))
+    return CheckedFile(stat.st_size, stat.st_mtime_ns, ops, parameters)
+
+
+def _unchanged(path: Path, checked: CheckedFile) -> bool:
+    """Whether ``path`` still has the size and modification time it had when checked."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return (stat.st_size, stat.st_mtime_ns) == (checked.size, checked.mtime_ns)
 
 
 def _checked_graph(path: Path):

@@ -54,10 +54,28 @@ def scan(root: Path, settings: Settings) -> list[ModelSpec]:
 def prepared(spec: ModelSpec, settings: Settings,
              progress: Callable[[Progress], None] | None = None) -> ModelSpec:
     """``spec`` as it will be served: converted when its format needs it (``progress`` hears
-    when a conversion starts), then with its providers and precision."""
+    when a conversion starts), then with its providers and precision, and its ONNX file
+    checked once for all its workers."""
     if spec.format == UNCONVERTED:  # the imagenet demo's first start
         spec = converted(spec, settings.convert_timeout, progress)
         if spec.problem:
             return spec
-    return accelerated(spec, prepare(spec, settings.cache_dir, settings.convert_timeout,
-                                     progress), settings)
+    return checked(accelerated(spec, prepare(spec, settings.cache_dir, settings.convert_timeout,
+                                             progress), settings))
+
+
+def checked(spec: ModelSpec) -> ModelSpec:
+    """An ONNX ``spec`` with its file's check (runtimes/onnx.py), or with the reason it fails
+    as its ``problem``: the model then fails to load with that one line, as it did when each
+    worker checked the file."""
+    if spec.format != "onnx" or spec.problem:
+        return spec
+    from ..runtimes.base import ModelFileError
+    from ..runtimes.onnx import check_file
+
+    try:
+        return replace(spec, checked=check_file(spec.path))
+    except ModelFileError as exc:
+        return replace(spec, problem=str(exc))
+    except OSError as exc:  # gone or unreadable since the folder was read
+        return replace(spec, problem=f"{spec.path.name}: cannot be read ({exc.strerror})")
