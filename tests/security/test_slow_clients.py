@@ -1,11 +1,14 @@
 """Slow and greedy clients: trickled headers, idle connections, slow bodies, huge headers, and
-too many connections from one address are all cut off while normal requests keep working."""
+too many connections from one address are all cut off while normal requests keep working.
+Each response leaves in one write (one TCP segment), and long ones still arrive whole."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -157,6 +160,46 @@ def test_pipelined_and_keep_alive_requests_still_work(guarded):
                 reply += sock.recv(65536)
             assert reply.startswith(b"HTTP/1.1 200 ")
             time.sleep(1)
+
+
+def segments_received(sock: socket.socket) -> int:
+    """``tcpi_segs_in`` of Linux's ``struct tcp_info``: TCP segments this socket received."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("I", info, 140)[0]  # after 8 u8, 24 u32, 4 u64 and tcpi_segs_out
+
+
+def test_each_response_leaves_in_one_segment(guarded):
+    """uvicorn writes the head and the body apart (two segments, two client wake-ups, with
+    Nagle off); modelhost joins them: one segment per response, errors included."""
+    predict = (b"POST /api/models/rgb/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: image/png\r\nContent-Length: %d\r\n\r\n" % len(RED) + RED)
+    missing = b"GET /api/models/nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with connect(guarded) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(HEALTHZ + b"\r\n")  # a new connection's first request is ACKed apart
+        time.sleep(0.3)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        for request, status, tail in [(HEALTHZ + b"\r\n", b"200", b'{"status":"ok"}'),
+                                      (predict, b"200", b"}"), (missing, b"404", b"}")] * 2:
+            time.sleep(0.05)  # the ACK of the last response has left
+            before = segments_received(sock)
+            sock.sendall(request)
+            time.sleep(0.3)  # every segment of the response has arrived
+            reply = sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 " + status) and reply.endswith(tail), reply
+            assert segments_received(sock) - before == 1, request
+
+
+def test_a_long_response_arrives_whole(guarded):
+    """A static file streamed in chunks: the joined writes keep every byte, in order."""
+    import modelhost.http
+
+    expected = (Path(modelhost.http.__file__).parent / "static" / "vendor"
+                / "chart.umd.min.js").read_bytes()
+    assert len(expected) > 150_000
+    for _ in range(2):
+        response = guarded.client.get("/static/vendor/chart.umd.min.js")
+        assert response.status_code == 200 and response.content == expected
 
 
 PREDICT_CHUNKED = (b"POST /api/models/rgb/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
