@@ -22,7 +22,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import logs
+from . import garbage, logs
 from .feedback.recorder import PredictionLog
 from .http.server import Server
 from .metrics import Metrics
@@ -61,6 +61,7 @@ class Application:
         self._watcher = watcher
         self._grace = grace
         self._log: PredictionLog | None = core.predictor.prediction_log
+        self._own_process = False  # set by run(): the process is this server's alone
         self._started: list[str] = []  # what start() got through, so stop() undoes only that
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -76,7 +77,11 @@ class Application:
     # -- running ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until stopped; the event loop is uvicorn's choice (uvloop by default)."""
+        """Serve until stopped, in a process of its own (``modelhost serve``): the collector's
+        pauses measured, the start-up objects frozen once the models are loaded (garbage.py).
+        The event loop is uvicorn's choice (uvloop by default)."""
+        garbage.watch_pauses(self.core.metrics.gc_pause)
+        self._own_process = True
         with asyncio.Runner(loop_factory=self.http.config.get_loop_factory()) as runner:
             runner.run(self.serve())
 
@@ -156,6 +161,9 @@ class Application:
         await self.registry.lifecycle.loaded.wait()
         if self.registry.lifecycle.fatal:
             return
+        if self._own_process:
+            log.info("%d start-up objects kept out of garbage collections",
+                     garbage.freeze_start_up())
         if grpc_port is not None:  # before the URL line, which tests wait for
             logs.announce(f"modelhost serving gRPC on port {grpc_port}")
         if self.ops is not None:

@@ -45,6 +45,12 @@ class Metrics:
             "modelhost_shadow_dropped", "Shadow runs not made: queues half full, or the "
             "shadow version not ready or failing.", ["model"], registry=r,
         )
+        self.gc_pause = Histogram(
+            "modelhost_gc_pause_seconds", "Garbage collections of the server process, by "
+            "generation: each stops every thread of it (modelhost serve only).",
+            ["generation"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                     0.25, 0.5, 1), registry=r,
+        )
         self.batch_size = Histogram(
             "modelhost_batch_size", "Requests per model batch.", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,

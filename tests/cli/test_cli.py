@@ -233,3 +233,26 @@ def test_predict_and_bench_against_a_server_that_is_down_say_so_at_once(tmp_path
         assert done.returncode == 2, done
         assert done.stderr == f"modelhost: nothing answers at {url} (connection refused)\n"
         assert time.monotonic() - started < 15  # not the 30 s run
+
+
+def test_serve_keeps_its_start_up_objects_out_of_garbage_collections(tmp_path):
+    """A full collection walked every object FastAPI, SQLAlchemy and NumPy left behind: ~120 ms
+    with every thread stopped, the p99 of /healthz under load. ``modelhost serve`` freezes them
+    once its models are loaded, and reports each collection's pause on /metrics."""
+    import re
+
+    rgb_model(tmp_path / "repo" / "m")
+    server = start_server([str(tmp_path / "repo")], tmp_path)
+    try:
+        line = server.wait_for_log("start-up objects kept out of garbage collections")
+        frozen = int(re.search(r"(\d+) start-up objects kept out", line).group(1))
+        assert frozen > 50_000
+        for _ in range(200):  # requests allocate: the young generations collect
+            assert server.client.post("/api/models/m/predict", content=solid((0, 200, 0)),
+                                      headers={"Content-Type": "image/png"}).status_code == 200
+        metrics = server.client.get("/metrics").text
+        counts = {g: float(n) for g, n in re.findall(
+            r'modelhost_gc_pause_seconds_count\{generation="(\d)"\} (\S+)', metrics)}
+        assert counts["2"] >= 1 and counts["0"] >= 1, counts  # the freeze's own full collection
+    finally:
+        assert server.stop() == 0
