@@ -3,9 +3,10 @@ it has no lifespan of its own: application.py starts and stops what it serves, i
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import FastAPI, routing
 
 from .. import __version__
 from ..access.limits import Limiter
@@ -68,4 +69,25 @@ def create_app(registry: Registry, predictor: Predictor, metrics: Metrics, setti
         crosssite=CrossSitePolicy(settings.allowed_origins),
         keys=KeyPolicy(keys, settings.protect_ops), rate=RatePolicy(limiter),
         body=BodyLimit(settings.max_body))
+    _build_routes(app)
     return app
+
+
+def _build_routes(app: FastAPI) -> None:
+    """Build every included route's state now, once, in the thread that builds the app.
+
+    FastAPI 0.165 builds an included router's routes at the first request that reaches them,
+    in the server's thread: parameter and response models go through pydantic inside
+    ``warnings.catch_warnings()``, which swaps the process's one list of warning filters and
+    is not thread-safe. Another thread changing the filters meanwhile (another server's first
+    requests, pytest between tests) let a warning FastAPI silences escape, and where warnings
+    are errors (the tests) the request failed with a 500. Built here, no request builds any.
+
+    ``iter_route_contexts`` (public name, undocumented) is what FastAPI's OpenAPI builder
+    walks; were it gone, ``app.openapi()`` walks the same routes through public API.
+    """
+    walk = getattr(routing, "iter_route_contexts", None)
+    if walk is None:
+        app.openapi()
+        return
+    deque(walk(app.routes), maxlen=0)
