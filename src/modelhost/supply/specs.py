@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..repository import load_repository
+from ..runtimes.base import ModelFileError
+from ..runtimes.onnx import check_file
 from ..settings import Settings
 from ..types import ModelSpec, RuntimeOptions
 from .accelerate import accelerated
@@ -70,9 +72,6 @@ def checked(spec: ModelSpec) -> ModelSpec:
     worker checked the file."""
     if spec.format != "onnx" or spec.problem:
         return spec
-    from ..runtimes.base import ModelFileError
-    from ..runtimes.onnx import check_file
-
     try:
         return replace(spec, checked=check_file(spec.path))
     except ModelFileError as exc:
